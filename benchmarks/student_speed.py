@@ -4,6 +4,8 @@ D³epth's point is a student much faster (the project targets >= 10x) than the o
 + VAE encoder/decoder, E2E-FT style). This script times :class:`~d3epth.models.student.DepthStudent` with only the
 depth head (the inference path) and, with ``--teacher``, an SD2-shaped one-step teacher built from config with random
 weights (same compute as the real one: VAE encode -> 8-channel UNet at t=999 -> VAE decode), then prints the ratio.
+It also counts FLOPs (``torch.utils.flop_counter``; 2 per multiply-add) of each student and of the teacher (the
+teacher on the ``meta`` device, so no memory or compute is spent), a hardware-independent speed-up bound.
 
 Usage::
 
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 import timm
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from d3epth.models.student import DEFAULT_BACKBONE, DepthStudent
 
@@ -73,6 +76,13 @@ def time_callable(fn: Callable[[], object], device: str, warmup: int, repeats: i
     return times
 
 
+def count_flops(fn: Callable[[], object]) -> float:
+    """FLOPs of one call of ``fn`` (2 per multiply-add), counted by torch's dispatcher-level flop counter."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def build_sd2_one_step_teacher() -> tuple[nn.Module, nn.Module]:
     """SD2-shaped (Marigold / E2E-FT) UNet with 8 input channels and the SD VAE, random weights, from config."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -102,6 +112,32 @@ def build_sd2_one_step_teacher() -> tuple[nn.Module, nn.Module]:
     return unet, vae
 
 
+def teacher_step(
+    unet: nn.Module, vae: nn.Module, image: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor
+) -> torch.Tensor:
+    """E2E-FT inference: encode RGB, UNet on ``[rgb_latent, 0]`` at t=999, x0 = -v (zero depth latent), decode."""
+    rgb_latent = vae.encode(image).latent_dist.mode() * 0.18215
+    unet_in = torch.cat([rgb_latent, torch.zeros_like(rgb_latent)], dim=1)
+    v = unet(unet_in, timestep, encoder_hidden_states=text).sample
+    return vae.decode(-v / 0.18215).sample.mean(dim=1, keepdim=True)
+
+
+def _teacher_inputs(batch: int, height: int, width: int, device: str) -> tuple[torch.Tensor, ...]:
+    image = torch.rand(batch, 3, height, width, device=device) * 2 - 1
+    # Marigold's empty-prompt CLIP embedding is 2 tokens x 1024 (SD2 OpenCLIP-H); its values do not affect timing.
+    text = torch.zeros(batch, 2, 1024, device=device)
+    timestep = torch.full((batch,), 999, device=device, dtype=torch.long)
+    return image, text, timestep
+
+
+def teacher_gflops(height: int, width: int) -> float:
+    """GFLOPs per image of one teacher step, counted on the meta device."""
+    with torch.device("meta"):
+        unet, vae = build_sd2_one_step_teacher()
+        inputs = _teacher_inputs(1, height, width, "meta")
+        return count_flops(lambda: teacher_step(unet, vae, *inputs)) / 1e9
+
+
 def _autocast(device: str, dtype: torch.dtype) -> torch.autocast:
     return torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
 
@@ -109,7 +145,12 @@ def _autocast(device: str, dtype: torch.dtype) -> torch.autocast:
 def bench_student(
     backbone: str, device: str, args: argparse.Namespace
 ) -> tuple[float, float, dict[str, float]]:  # median ms/image, mean ms/image, parameter counts (millions)
-    """Time one student with only the depth head; returns (median, mean) ms per image and parameter counts."""
+    """Time one student with only the depth head.
+
+    Returns:
+        Median and mean ms per image, and ``{"backbone", "decoder+head"}`` parameter counts (millions) plus
+        ``"gflops"`` per image.
+    """
     model = DepthStudent(backbone, heads=("depth",), decoder_channels=args.decoder_channels).eval().to(device)
     params = {
         "backbone": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
@@ -126,6 +167,7 @@ def bench_student(
         with _autocast(device, dtype):
             return model(image, heads=("depth",))
 
+    params["gflops"] = count_flops(run) / 1e9 / args.batch_size
     times = time_callable(run, device, args.warmup, args.repeats)
     return statistics.median(times) / args.batch_size, statistics.mean(times) / args.batch_size, params
 
@@ -135,18 +177,12 @@ def bench_teacher(device: str, args: argparse.Namespace) -> float:
     unet, vae = build_sd2_one_step_teacher()
     unet, vae = unet.eval().to(device), vae.eval().to(device)
     dtype = _DTYPES[args.dtype]
-    image = torch.rand(args.batch_size, 3, args.height, args.width, device=device) * 2 - 1
-    # Marigold's empty-prompt CLIP embedding is 2 tokens x 1024 (SD2 OpenCLIP-H); its values do not affect timing.
-    text = torch.zeros(args.batch_size, 2, 1024, device=device)
-    timestep = torch.full((args.batch_size,), 999, device=device, dtype=torch.long)
+    inputs = _teacher_inputs(args.batch_size, args.height, args.width, device)
 
     @torch.inference_mode()
     def run() -> object:
         with _autocast(device, dtype):
-            rgb_latent = vae.encode(image).latent_dist.mode() * 0.18215
-            unet_in = torch.cat([rgb_latent, torch.zeros_like(rgb_latent)], dim=1)
-            v = unet(unet_in, timestep, encoder_hidden_states=text).sample
-            return vae.decode(-v / 0.18215).sample.mean(dim=1, keepdim=True)
+            return teacher_step(unet, vae, *inputs)
 
     times = time_callable(run, device, args.teacher_warmup, args.teacher_repeats)
     return statistics.median(times) / args.batch_size
@@ -169,6 +205,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher", action="store_true", help="also time an SD2-shaped one-step teacher")
     parser.add_argument("--teacher-warmup", type=int, default=1)
     parser.add_argument("--teacher-repeats", type=int, default=3)
+    parser.add_argument("--no-teacher-flops", action="store_true", help="skip counting the teacher's FLOPs")
     args = parser.parse_args(argv)
     if args.devices is None:
         args.devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -193,23 +230,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"heads=('depth',), decoder_channels {args.decoder_channels}"
     )
     header = (
-        f"{'device':<6} {'backbone':<22} {'backbone M':>10} {'decoder M':>9} {'median ms/img':>13} {'mean ms/img':>11}"
+        f"{'device':<6} {'model':<22} {'backbone M':>10} {'decoder M':>9} {'GFLOPs/img':>10} "
+        f"{'median ms/img':>13} {'mean ms/img':>11}"
     )
+    flops: dict[str, float] = {}
     for device in args.devices:
         print(header)
         results = {}
         for backbone in args.backbones:
             median, mean, params = bench_student(backbone, device, args)
             results[backbone] = median
+            flops[backbone] = params["gflops"]
             print(
                 f"{device:<6} {backbone:<22} {params['backbone']:>10.2f} {params['decoder+head']:>9.2f} "
-                f"{median:>13.2f} {mean:>11.2f}"
+                f"{params['gflops']:>10.1f} {median:>13.2f} {mean:>11.2f}"
             )
         if args.teacher:
             teacher = bench_teacher(device, args)
-            print(f"{device:<6} {'SD2 one-step teacher':<22} {'':>10} {'':>9} {teacher:>13.2f}")
+            print(f"{device:<6} {'SD2 one-step teacher':<22} {'':>10} {'':>9} {'':>10} {teacher:>13.2f}")
             for backbone, median in results.items():
-                print(f"{device:<6} speed-up of {backbone}: {teacher / median:.1f}x")
+                print(f"{device:<6} measured speed-up of {backbone} over the teacher: {teacher / median:.1f}x")
+    if not args.no_teacher_flops:
+        teacher = teacher_gflops(args.height, args.width)
+        print(f"SD2 one-step teacher (VAE encode + UNet + VAE decode): {teacher:.1f} GFLOPs/img")
+        for backbone, value in flops.items():
+            print(f"FLOP ratio teacher / {backbone} student: {teacher / value:.1f}x")
     return 0
 
 

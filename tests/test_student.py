@@ -268,3 +268,19 @@ def test_depth_head_stage_strides() -> None:
     assert DepthHead.stage_strides_for(3.5) == [1.75, 1]
     head = DepthHead(8, 1)
     assert head(torch.randn(1, 8, 5, 7), (5, 7)).shape == (1, 1, 5, 7)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore:Constant folding:UserWarning")
+def test_onnx_export_matches_eager_at_a_padded_size(tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    student = make_student(heads=("latent", "depth")).eval()
+    image = rand_image(1, 40, 56)
+    with torch.no_grad():
+        ref = student(image)
+    path = tmp_path / "student.onnx"
+    # The legacy tracer turns shapes into tensors: padding and cropping must use ONNX-safe integer arithmetic.
+    torch.onnx.export(student, (image,), str(path), dynamo=False, input_names=["image"])
+    session = onnxruntime.InferenceSession(str(path))
+    latent, depth = session.run(None, {"image": image.numpy()})
+    torch.testing.assert_close(torch.from_numpy(latent), ref["latent"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(depth), ref["depth"], atol=1e-4, rtol=1e-4)

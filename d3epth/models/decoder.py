@@ -30,12 +30,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Sequence
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DepthHead", "FPNDecoder", "FeatureAdapters", "LatentHead", "conv_norm_act", "resize_to"]
+__all__ = ["DepthHead", "FPNDecoder", "FeatureAdapters", "LatentHead", "conv_norm_act", "resize_to", "scaled_size"]
 
 _NORMS = ("group", "batch", "none")
 
@@ -56,6 +57,15 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def scaled_size(size: int, stride: float) -> int:
+    """``size / stride`` in integer arithmetic, for a stride (possibly fractional, e.g. 3.5) that divides ``size``.
+
+    Integer arithmetic (no ``round``) keeps the shape computation traceable for ONNX export.
+    """
+    fraction = Fraction(stride).limit_denominator(64)
+    return size * fraction.denominator // fraction.numerator
 
 
 def _norm(norm: str, channels: int) -> nn.Module:
@@ -164,7 +174,7 @@ class FPNDecoder(nn.Module):
         hp, wp = padded_size
         top_down: torch.Tensor | None = None
         for i in range(len(features) - 1, finest - 1, -1):
-            size = (round(hp / self.strides[i]), round(wp / self.strides[i]))
+            size = (scaled_size(hp, self.strides[i]), scaled_size(wp, self.strides[i]))
             lateral = resize_to(self.lateral[i](features[i]), size)
             top_down = lateral if top_down is None else lateral + resize_to(top_down, size)
             if i in wanted:
@@ -296,7 +306,7 @@ class DepthHead(nn.Module):
         hp, wp = padded_size
         skips = skips or {}
         for j, (stage, stride) in enumerate(zip(self.stages, self.stage_strides, strict=True)):
-            x = resize_to(stage(x), (round(hp / stride), round(wp / stride)))
+            x = resize_to(stage(x), (scaled_size(hp, stride), scaled_size(wp, stride)))
             key = str(j)
             if key in self.skips:
                 x = x + self.skips[key](skips[stride])

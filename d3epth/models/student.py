@@ -189,7 +189,8 @@ class DepthStudent(nn.Module):
     @staticmethod
     def output_size(height: int, width: int, stride: int) -> tuple[int, int]:
         """Size of an output at ``stride`` for an ``height x width`` input: ``(ceil(H/stride), ceil(W/stride))``."""
-        return -(-height // stride), -(-width // stride)
+        # Positive-operand floor division: exported to ONNX, whose integer Div truncates, -(-a // b) would be wrong.
+        return (height + stride - 1) // stride, (width + stride - 1) // stride
 
     def pad_multiple(self, heads: Sequence[str] | None = None) -> int:
         """Multiple the input is padded to when running ``heads`` (default: all built heads).
@@ -247,8 +248,7 @@ class DepthStudent(nn.Module):
         wanted = self._resolve_heads(heads)
         height, width = image.shape[-2:]
         multiple = self.pad_multiple(wanted)
-        hp = -(-height // multiple) * multiple
-        wp = -(-width // multiple) * multiple
+        hp, wp = (n * multiple for n in self.output_size(height, width, multiple))
 
         x = image * self.input_scale + self.input_shift
         if (hp, wp) != (height, width):
@@ -280,7 +280,7 @@ class DepthStudent(nn.Module):
                 for i, s in zip(feature_levels, self.feature_strides, strict=True)
             ]
             out["features"] = [
-                f[..., : -(-height // s), : -(-width // s)]
+                f[..., : self.output_size(height, width, s)[0], : self.output_size(height, width, s)[1]]
                 for f, s in zip(self.feature_adapters(inputs), self.feature_strides, strict=True)
             ]
         if "depth" in wanted:
