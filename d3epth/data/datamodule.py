@@ -1,0 +1,334 @@
+"""``DepthDataModule``: named training sets mixed per batch, named validation / test sets, configurable loaders.
+
+YAML (``class_path`` nodes nest; the datasets are built before the datamodule)::
+
+    data:
+      class_path: d3epth.data.DepthDataModule
+      init_args:
+        train:
+          hypersim: {class_path: d3epth.data.HypersimDataset,
+                     init_args: {root: sample_data/hypersim, split: train, resize: [480, 640]}}
+          vkitti2: {class_path: d3epth.data.VirtualKITTI2Dataset, init_args: {root: sample_data/vkitti2}}
+        train_probabilities: {hypersim: 0.9, vkitti2: 0.1}
+        val:
+          hypersim_val: {class_path: d3epth.data.HypersimDataset,
+                         init_args: {root: sample_data/hypersim, split: val, resize: [480, 640]}}
+          nyu: {class_path: d3epth.data.NYUv2Dataset, init_args: {root: sample_data/nyuv2}}
+        batch_size: 2
+        num_workers: 2
+
+Training: every batch comes from one training set (:class:`~d3epth.data.sampler.MixedBatchSampler`), so sets of
+different resolutions mix. Horizontal flip (``hflip_p``) and ``train_transforms`` are applied to training sets only,
+before ``depth_norm`` is computed. Validation and test: one ``DataLoader`` per named set, in the order given, not
+shuffled, not augmented; ``val_set_names`` / ``test_set_names`` name them (dataloader index i <-> name i).
+
+DDP: the trainer must run with ``use_distributed_sampler: false`` (``configs/base.yaml`` sets it; the datamodule
+raises otherwise). The training sampler then takes rank and world size from the attached trainer (else
+``torch.distributed``, else 0/1) and gives each rank distinct batches. Validation/test sets are split across ranks
+without padding (rank r reads samples r, r+W, ...), so every sample is evaluated exactly once; ranks may then run a
+different number of evaluation steps, so evaluation steps must not call per-step collectives (log metric objects,
+or ``self.log(..., on_step=False)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data._utils.collate import default_collate
+
+from d3epth.data.base import BaseDepthDataset
+from d3epth.data.hypersim import HypersimDataset
+from d3epth.data.sampler import MixedBatchSampler, default_rank_world
+from d3epth.data.transforms import Compose, HorizontalFlip, Sample, Transform
+from d3epth.data.vkitti2 import VirtualKITTI2Dataset
+
+#: Marigold's training mix (``prob_ls: [0.9, 0.1]``), used when ``train_probabilities`` is not given and the
+#: training sets are one Hypersim and one Virtual KITTI 2 set.
+MARIGOLD_MIX: dict[type, float] = {HypersimDataset: 0.9, VirtualKITTI2Dataset: 0.1}
+
+
+def collate_samples(samples: list[Sample]) -> dict[str, Any]:
+    """Stack sample dicts into a batch dict (strings become lists), with a clear error for mismatched sizes."""
+    first = samples[0]
+    for sample in samples[1:]:
+        if sample.keys() != first.keys():
+            raise ValueError(
+                f"cannot batch samples with different keys: {sorted(first)} ({first.get('path')}) vs "
+                f"{sorted(sample)} ({sample.get('path')})"
+            )
+        for key, value in first.items():
+            other = sample[key]
+            if isinstance(value, torch.Tensor) and value.shape != other.shape:
+                raise ValueError(
+                    f"cannot batch '{key}' of shape {tuple(value.shape)} ({first.get('path')}) with "
+                    f"{tuple(other.shape)} ({sample.get('path')}); give the dataset a fixed 'resize' (or kb_crop)"
+                )
+    return default_collate(samples)
+
+
+class AugmentedDataset(Dataset):
+    """A depth dataset with a training augmentation applied before ``depth_norm`` is computed.
+
+    For a :class:`~d3epth.data.base.BaseDepthDataset` the augmentation runs between its geometry and
+    ``finalize`` (so a random crop changes the normalisation quantiles, as it should); for any other dataset it runs
+    on the finished sample (fine for flips, which do not change the quantiles).
+
+    Args:
+        dataset: the dataset to wrap.
+        augment: a callable ``sample -> sample``.
+    """
+
+    def __init__(self, dataset: Dataset, augment: Transform) -> None:
+        self.dataset = dataset
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Sample:
+        if isinstance(self.dataset, BaseDepthDataset):
+            return self.dataset.get_sample(index, augment=self.augment)
+        return self.augment(self.dataset[index])
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + W, rank + 2W, ...`` of ``n``: each sample on exactly one rank, no padding."""
+
+    def __init__(self, n: int, rank: int, num_replicas: int) -> None:
+        self.n, self.rank, self.num_replicas = n, rank, num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+def _check_sets(sets: Mapping[str, Dataset] | None, arg: str) -> dict[str, Dataset]:
+    if sets is None:
+        return {}
+    if not isinstance(sets, Mapping):
+        raise TypeError(
+            f"DepthDataModule: '{arg}' must map names to datasets (e.g. {{hypersim: <dataset>}}), "
+            f"got {type(sets).__name__}"
+        )
+    out = {}
+    for name, dataset in sets.items():
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise TypeError(f"DepthDataModule: {arg}.{name} is {type(dataset).__name__}, not a map-style dataset")
+        if len(dataset) == 0:
+            raise ValueError(f"DepthDataModule: {arg}.{name} is empty")
+        out[str(name)] = dataset
+    return out
+
+
+class DepthDataModule(L.LightningDataModule):
+    """Named depth datasets for training (mixed per batch), validation and test.
+
+    Args:
+        train: training sets by name (built dataset objects; in YAML, class nodes).
+        val: validation sets by name; one dataloader each, in this order.
+        test: test sets by name; one dataloader each, in this order.
+        train_probabilities: per-name probability that a batch comes from that set (normalised); must name exactly
+            the training sets. ``None``: Marigold's 0.9/0.1 for one Hypersim + one VKITTI set, a single set gets 1,
+            anything else is proportional to the sets' numbers of batches (uniform over samples).
+        batch_size: training batch size per process.
+        val_batch_size: validation/test batch size (1 suits sets with varying frame sizes).
+        num_workers: loader worker processes.
+        pin_memory: pin host memory; ``None`` = when CUDA is available.
+        persistent_workers: keep workers between epochs (forced off with ``num_workers=0``).
+        prefetch_factor: batches prefetched per worker (ignored with ``num_workers=0``).
+        epoch_length: training batches per epoch over all ranks; ``None`` = all batches of all training sets.
+        hflip_p: horizontal-flip probability for training samples (Marigold: 0.5; 0 disables).
+        train_transforms: further joint transforms for training samples (e.g. ``RandomCrop``), after the flip.
+        drop_last: drop each training set's last incomplete batch.
+        seed: seed of the batch order (with the epoch) and of the worker RNGs (with the rank).
+    """
+
+    def __init__(
+        self,
+        train: Mapping[str, Dataset] | None = None,
+        val: Mapping[str, Dataset] | None = None,
+        test: Mapping[str, Dataset] | None = None,
+        train_probabilities: Mapping[str, float] | None = None,
+        batch_size: int = 2,
+        val_batch_size: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int | None = 2,
+        epoch_length: int | None = None,
+        hflip_p: float = 0.5,
+        train_transforms: Sequence[Transform] | None = None,
+        drop_last: bool = True,
+        seed: int = 2024,
+    ) -> None:
+        super().__init__()
+        self.train_sets = _check_sets(train, "train")
+        self.val_sets = _check_sets(val, "val")
+        self.test_sets = _check_sets(test, "test")
+        if batch_size < 1 or val_batch_size < 1:
+            raise ValueError(f"DepthDataModule: batch sizes must be >= 1, got {batch_size}, {val_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"DepthDataModule: num_workers must be >= 0, got {num_workers}")
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
+        self.prefetch_factor = prefetch_factor if self.num_workers > 0 else None
+        self.epoch_length = epoch_length
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.train_probabilities = self._resolve_probabilities(train_probabilities)
+        augments: list[Transform] = [HorizontalFlip(hflip_p)] if hflip_p > 0 else []
+        augments.extend(train_transforms or [])
+        self.train_augment: Transform | None = Compose(augments) if augments else None
+
+    # ------------------------------------------------------------------ names
+
+    @property
+    def train_set_names(self) -> list[str]:
+        """Names of the training sets, in ConcatDataset order."""
+        return list(self.train_sets)
+
+    @property
+    def val_set_names(self) -> list[str]:
+        """Names of the validation sets; ``val_dataloader()[i]`` reads ``val_set_names[i]``."""
+        return list(self.val_sets)
+
+    @property
+    def test_set_names(self) -> list[str]:
+        """Names of the test sets; ``test_dataloader()[i]`` reads ``test_set_names[i]``."""
+        return list(self.test_sets)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _resolve_probabilities(self, given: Mapping[str, float] | None) -> dict[str, float]:
+        names = list(self.train_sets)
+        if not names:
+            if given:
+                raise ValueError("DepthDataModule: train_probabilities given but no train sets")
+            return {}
+        if given is not None:
+            unknown = sorted(set(given) - set(names))
+            missing = sorted(set(names) - set(given))
+            if unknown or missing:
+                raise ValueError(
+                    f"DepthDataModule: train_probabilities keys {sorted(given)} must be the train set names {names}"
+                    + (f"; unknown: {unknown}" if unknown else "")
+                    + (f"; missing: {missing}" if missing else "")
+                )
+            probs = {name: float(given[name]) for name in names}
+            if any(p < 0 for p in probs.values()) or sum(probs.values()) <= 0:
+                raise ValueError(f"DepthDataModule: train_probabilities must be >= 0 with a positive sum, got {probs}")
+        elif len(names) == 1:
+            probs = {names[0]: 1.0}
+        elif sorted(type(d).__name__ for d in self.train_sets.values()) == sorted(c.__name__ for c in MARIGOLD_MIX):
+            probs = {name: MARIGOLD_MIX[type(d)] for name, d in self.train_sets.items()}
+        else:
+            probs = {name: float(len(d) // self.batch_size) for name, d in self.train_sets.items()}  # type: ignore
+        total = sum(probs.values())
+        return {name: p / total for name, p in probs.items()}
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is not None:
+            return int(trainer.global_rank), int(trainer.world_size)
+        return default_rank_world()
+
+    def _check_trainer(self) -> None:
+        """Refuse a distributed trainer that would inject its own DistributedSampler."""
+        trainer = self.trainer
+        if trainer is None or int(getattr(trainer, "world_size", 1)) <= 1:
+            return
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if connector is not None and getattr(connector, "use_distributed_sampler", False):
+            raise RuntimeError(
+                "DepthDataModule: the trainer runs distributed with use_distributed_sampler=True, which would replace "
+                "the rank-aware mixed batch sampler; set trainer.use_distributed_sampler: false"
+            )
+
+    def _loader_kwargs(self, rank: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+            "collate_fn": collate_samples,
+            # Seeds the workers' RNGs (flip / crop draws); distinct per rank so ranks augment differently.
+            "generator": torch.Generator().manual_seed(self.seed * 1000 + rank),
+        }
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        return kwargs
+
+    def train_sampler(self) -> MixedBatchSampler:
+        """The training batch sampler for this process's rank."""
+        rank, world = self._rank_world()
+        return MixedBatchSampler(
+            [len(d) for d in self.train_sets.values()],  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            probabilities=[self.train_probabilities[name] for name in self.train_sets],
+            epoch_length=self.epoch_length,
+            drop_last=self.drop_last,
+            shuffle=True,
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+
+    def train_dataset(self) -> ConcatDataset:
+        """The training sets (augmented) concatenated in ``train_set_names`` order."""
+        sets: list[Dataset] = [
+            AugmentedDataset(d, self.train_augment) if self.train_augment is not None else d
+            for d in self.train_sets.values()
+        ]
+        return ConcatDataset(sets)
+
+    def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
+        rank, world = self._rank_world()
+        loaders = []
+        for dataset in sets.values():
+            sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None  # type: ignore[arg-type]
+            loaders.append(
+                DataLoader(
+                    dataset,
+                    batch_size=self.val_batch_size,
+                    shuffle=False,
+                    sampler=sampler,
+                    drop_last=False,
+                    **self._loader_kwargs(rank),
+                )
+            )
+        return loaders
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    def train_dataloader(self) -> DataLoader:
+        """One loader over all training sets, batches from :meth:`train_sampler`."""
+        if not self.train_sets:
+            raise ValueError("DepthDataModule: no training sets configured (data.init_args.train)")
+        self._check_trainer()
+        rank, _ = self._rank_world()
+        return DataLoader(self.train_dataset(), batch_sampler=self.train_sampler(), **self._loader_kwargs(rank))
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """One loader per validation set, in ``val_set_names`` order (empty list: no validation)."""
+        return self._eval_loaders(self.val_sets)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test set, in ``test_set_names`` order."""
+        if not self.test_sets:
+            raise ValueError("DepthDataModule: no test sets configured (data.init_args.test)")
+        return self._eval_loaders(self.test_sets)
+
+    def __repr__(self) -> str:
+        return (
+            f"DepthDataModule(train={ {k: len(v) for k, v in self.train_sets.items()} }, "  # type: ignore[arg-type]
+            f"probabilities={self.train_probabilities}, val={self.val_set_names}, test={self.test_set_names}, "
+            f"batch_size={self.batch_size}, num_workers={self.num_workers})"
+        )

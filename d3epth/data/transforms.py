@@ -1,0 +1,303 @@
+"""Joint transforms on sample dicts, and the per-image depth normalisation.
+
+A *sample* is the dict of DESIGN.md §3: ``image`` float32 [3,H,W] in [-1,1], ``depth`` float32 [1,H,W] (metres),
+``valid_mask`` bool [1,H,W], optional ``intrinsics`` float32 [3,3] and further rasters (e.g. ``depth_filled``).
+Every geometric transform here moves *all* rasters of the sample together, so image, depth and mask stay aligned,
+and updates ``intrinsics`` to match. A raster is any 3-D tensor whose spatial size equals the image's; a 3-D tensor
+of another size (e.g. a cached latent) cannot be resized or cropped consistently and is refused with an error.
+
+Intrinsics follow the OpenCV convention: pixel centres sit at integer coordinates, so the principal point of a
+W-pixel-wide centred camera is ``cx = (W - 1) / 2`` (Virtual KITTI 2 stores ``cx = 620.5`` for W = 1242).
+
+Randomness (flip, crop) is drawn from torch's default generator. Inside a ``DataLoader`` worker that generator is
+seeded per worker from the loader's seed (``DepthDataModule`` passes a seeded generator), so augmentations are
+reproducible; with ``num_workers=0`` they follow the global seed (``seed_everything``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+
+#: Interpolation modes accepted for the RGB image (``torch.nn.functional.interpolate`` names).
+IMAGE_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "area", "nearest-exact", "nearest")
+
+#: Quantiles of Marigold's ScaleShiftDepthNormalizer.
+NORM_QUANTILES: tuple[float, float] = (0.02, 0.98)
+
+
+def _size_of(sample: Sample) -> tuple[int, int]:
+    """Spatial size ``(H, W)`` of the sample's image (or depth when there is no image)."""
+    for key in ("image", "depth"):
+        value = sample.get(key)
+        if isinstance(value, Tensor) and value.ndim == 3:
+            return int(value.shape[-2]), int(value.shape[-1])
+    raise ValueError(f"sample has no 'image' or 'depth' tensor of shape [C,H,W]; keys: {sorted(sample)}")
+
+
+def _raster_keys(sample: Sample, op: str) -> list[str]:
+    """Keys of the 3-D tensors sharing the image's size; refuse 3-D tensors of another size (cannot be aligned)."""
+    height, width = _size_of(sample)
+    keys = []
+    for key, value in sample.items():
+        if not isinstance(value, Tensor) or value.ndim != 3:
+            continue
+        if tuple(value.shape[-2:]) != (height, width):
+            raise ValueError(
+                f"{op}: sample key '{key}' has spatial size {tuple(value.shape[-2:])}, but the image is "
+                f"{(height, width)}; it cannot be transformed consistently with the image"
+            )
+        keys.append(key)
+    return keys
+
+
+def _check_size(size: Sequence[int], name: str) -> tuple[int, int]:
+    if len(size) != 2 or any(int(s) != s or int(s) <= 0 for s in size):
+        raise ValueError(f"{name} must be [height, width] with two positive integers, got {list(size)}")
+    return int(size[0]), int(size[1])
+
+
+def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
+    """Crop every raster of ``sample`` to rows ``top:top+height`` and columns ``left:left+width``.
+
+    Args:
+        sample: sample dict (not modified; a new dict is returned).
+        top, left: upper-left corner of the window, pixels.
+        height, width: window size, pixels; must fit inside the image.
+
+    Returns:
+        The cropped sample; ``intrinsics`` get ``cx -= left``, ``cy -= top``.
+    """
+    img_h, img_w = _size_of(sample)
+    if top < 0 or left < 0 or top + height > img_h or left + width > img_w:
+        where = f" ({sample['path']})" if "path" in sample else ""
+        raise ValueError(
+            f"crop window {height}x{width} at (top={top}, left={left}) does not fit the {img_h}x{img_w} image{where}"
+        )
+    out = dict(sample)
+    for key in _raster_keys(sample, "crop"):
+        out[key] = sample[key][:, top : top + height, left : left + width]
+    if "intrinsics" in sample:
+        k = sample["intrinsics"].clone()
+        k[0, 2] -= left
+        k[1, 2] -= top
+        out["intrinsics"] = k
+    return out
+
+
+class Compose:
+    """Apply transforms in order.
+
+    Args:
+        transforms: callables ``sample -> sample`` (e.g. from this module; in YAML, a list of class nodes).
+    """
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        for i, t in enumerate(transforms):
+            if not callable(t):
+                raise TypeError(f"Compose: transform {i} ({t!r}) is not callable")
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"
+
+
+class Resize:
+    """Resize every raster to ``size``: the image with ``image_interpolation``, all other rasters nearest-exact.
+
+    Depth and masks use nearest-neighbour (``nearest-exact``, the pixel-centre-correct variant, as Marigold's
+    ``InterpolationMode.NEAREST_EXACT``) so no depth value is invented across an edge and the mask stays the range
+    test of the resized depth. Marigold resizes the RGB nearest-exact too; bilinear with antialiasing (the default
+    here, and what inference-time resizing in diffusers' Marigold pipeline uses) avoids aliasing when shrinking.
+
+    Args:
+        size: ``[height, width]`` in pixels.
+        image_interpolation: one of :data:`IMAGE_INTERPOLATIONS`.
+        antialias: low-pass before down-sampling (bilinear / bicubic only).
+    """
+
+    def __init__(self, size: Sequence[int], image_interpolation: str = "bilinear", antialias: bool = True) -> None:
+        self.size = _check_size(size, "Resize size")
+        if image_interpolation not in IMAGE_INTERPOLATIONS:
+            raise ValueError(
+                f"Resize: image_interpolation must be one of {IMAGE_INTERPOLATIONS}, got {image_interpolation!r}"
+            )
+        self.image_interpolation = image_interpolation
+        self.antialias = antialias
+
+    def __call__(self, sample: Sample) -> Sample:
+        height, width = _size_of(sample)
+        if (height, width) == self.size:
+            return sample
+        out = dict(sample)
+        for key in _raster_keys(sample, "Resize"):
+            value = sample[key]
+            if key == "image":
+                mode = self.image_interpolation
+                kwargs: dict[str, Any] = {}
+                if mode in ("bilinear", "bicubic"):
+                    kwargs = {"align_corners": False, "antialias": self.antialias}
+                resized = F.interpolate(value[None].float(), size=self.size, mode=mode, **kwargs)[0]
+                # Bicubic can overshoot; the image contract is [-1, 1].
+                out[key] = resized.clamp_(-1.0, 1.0).to(value.dtype)
+            else:
+                resized = F.interpolate(value[None].float(), size=self.size, mode="nearest-exact")[0]
+                out[key] = resized.bool() if value.dtype == torch.bool else resized.to(value.dtype)
+        if "intrinsics" in sample:
+            # Continuous coordinates (pixel corners at integers) scale by s; OpenCV centres are offset by 0.5.
+            k = sample["intrinsics"].clone()
+            sy, sx = self.size[0] / height, self.size[1] / width
+            k[0, 0] *= sx
+            k[1, 1] *= sy
+            k[0, 2] = (k[0, 2] + 0.5) * sx - 0.5
+            k[1, 2] = (k[1, 2] + 0.5) * sy - 0.5
+            out["intrinsics"] = k
+        return out
+
+    def __repr__(self) -> str:
+        return f"Resize(size={list(self.size)}, image_interpolation={self.image_interpolation!r})"
+
+
+class HorizontalFlip:
+    """Mirror every raster left-right with probability ``p`` (Marigold's only depth augmentation, p = 0.5).
+
+    Flips *every* 3-D tensor in the sample, whatever its size (a mirrored latent grid stays aligned with a mirrored
+    image). ``intrinsics`` get ``cx' = W - 1 - cx``.
+
+    Args:
+        p: probability of flipping, in [0, 1].
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"HorizontalFlip: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def __call__(self, sample: Sample) -> Sample:
+        if self.p <= 0.0 or (self.p < 1.0 and torch.rand(()).item() >= self.p):
+            return sample
+        _, width = _size_of(sample)
+        out = dict(sample)
+        for key, value in sample.items():
+            if isinstance(value, Tensor) and value.ndim == 3:
+                out[key] = value.flip(-1)
+        if "intrinsics" in sample:
+            k = sample["intrinsics"].clone()
+            k[0, 2] = width - 1 - k[0, 2]
+            out["intrinsics"] = k
+        return out
+
+    def __repr__(self) -> str:
+        return f"HorizontalFlip(p={self.p})"
+
+
+class RandomCrop:
+    """Crop a random ``size`` window (uniform over positions) from every raster.
+
+    Args:
+        size: ``[height, width]``; must not exceed the image size.
+    """
+
+    def __init__(self, size: Sequence[int]) -> None:
+        self.size = _check_size(size, "RandomCrop size")
+
+    def __call__(self, sample: Sample) -> Sample:
+        img_h, img_w = _size_of(sample)
+        height, width = self.size
+        if height > img_h or width > img_w:
+            where = f" ({sample['path']})" if "path" in sample else ""
+            raise ValueError(f"RandomCrop: crop {height}x{width} is larger than the {img_h}x{img_w} image{where}")
+        top = int(torch.randint(0, img_h - height + 1, ()).item())
+        left = int(torch.randint(0, img_w - width + 1, ()).item())
+        return crop_sample(sample, top, left, height, width)
+
+    def __repr__(self) -> str:
+        return f"RandomCrop(size={list(self.size)})"
+
+
+class KBCrop:
+    """KITTI benchmark crop (Marigold ``kitti_benchmark_crop``): keep the bottom ``height`` rows, centre horizontally.
+
+    ``top = H - height``, ``left = (W - width) // 2``; for a 375x1242 frame that is top 23, left 13.
+
+    Args:
+        height, width: crop size; 352x1216 is the KITTI benchmark size.
+    """
+
+    def __init__(self, height: int = 352, width: int = 1216) -> None:
+        self.height, self.width = _check_size([height, width], "KBCrop size")
+
+    def __call__(self, sample: Sample) -> Sample:
+        img_h, img_w = _size_of(sample)
+        if img_h < self.height or img_w < self.width:
+            where = f"{sample['path']}: " if "path" in sample else ""
+            raise ValueError(
+                f"{where}image is {img_h}x{img_w}, smaller than the KB crop {self.height}x{self.width}; "
+                "set kb_crop: false for frames smaller than the KITTI benchmark size"
+            )
+        return crop_sample(sample, img_h - self.height, (img_w - self.width) // 2, self.height, self.width)
+
+    def __repr__(self) -> str:
+        return f"KBCrop(height={self.height}, width={self.width})"
+
+
+def _quantiles(values: Tensor, qs: Sequence[float]) -> list[float]:
+    """Linear-interpolation quantiles of a 1-D tensor (as ``torch.quantile``/``numpy.quantile``), via ``kthvalue``.
+
+    ``kthvalue`` is O(n) and has no size limit, unlike ``torch.quantile`` (sorts; refuses > 2**24 elements).
+    """
+    n = values.numel()
+    out = []
+    for q in qs:
+        pos = q * (n - 1)
+        lo = int(pos)
+        hi = min(lo + 1, n - 1)
+        v_lo = values.kthvalue(lo + 1).values
+        v_hi = values.kthvalue(hi + 1).values if hi != lo else v_lo
+        out.append(float(v_lo + (v_hi - v_lo) * (pos - lo)))
+    return out
+
+
+def normalize_depth(
+    depth: Tensor, valid_mask: Tensor, quantiles: tuple[float, float] = NORM_QUANTILES, eps: float = 1e-6
+) -> Tensor:
+    """Per-image affine normalisation to [-1, 1] by the 2 % / 98 % depth quantiles (Marigold, paper Eq. 3).
+
+    ``d2, d98`` are the quantiles over the valid pixels; every pixel maps to ``(d - d2) / (d98 - d2) * 2 - 1``,
+    clipped to [-1, 1]. Invalid pixels are normalised too (Marigold's ``depth_raw_norm``): holes stored as 0 go to -1,
+    Virtual KITTI sky (655.35 m) to +1.
+
+    Degenerate images get an all-zero map: no valid pixel, or ``d98 - d2 < eps`` (a flat depth has no defined
+    normalisation). Such a sample should be skipped by the losses through its mask (an all-False ``valid_mask`` for
+    the no-valid-pixel case).
+
+    Args:
+        depth: float [1,H,W] (or any shape), metres.
+        valid_mask: bool, same shape.
+        quantiles: lower and upper quantile.
+        eps: smallest quantile spread in metres treated as non-degenerate.
+
+    Returns:
+        float32 tensor of the shape of ``depth`` in [-1, 1].
+    """
+    if depth.shape != valid_mask.shape:
+        raise ValueError(f"normalize_depth: depth {tuple(depth.shape)} and mask {tuple(valid_mask.shape)} differ")
+    values = depth[valid_mask & (depth > 0)].float()
+    if values.numel() == 0:
+        return torch.zeros_like(depth, dtype=torch.float32)
+    d_lo, d_hi = _quantiles(values, quantiles)
+    if d_hi - d_lo < eps:
+        return torch.zeros_like(depth, dtype=torch.float32)
+    return ((depth.float() - d_lo) / (d_hi - d_lo) * 2.0 - 1.0).clamp_(-1.0, 1.0)
