@@ -1,0 +1,167 @@
+"""Hybrid Depth Loss: SSI (global structure) + edge-aware gradient Huber (detail) under a task weighting.
+
+D³epth's stage-2 (and D²epth's) pixel-space objective. The paper names the two terms and says they are balanced by
+"dynamic task weighting" but publishes no formula; the forms here are our documented assumptions (DESIGN.md §4):
+:func:`~d3epth.losses.ssi.ssi_loss` and :func:`~d3epth.losses.gradient.gradient_huber_loss`, combined by a weighting
+from :mod:`d3epth.losses.weighting` (uncertainty by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from d3epth.losses.gradient import (
+    _EDGE_SOURCES,
+    _GRADIENT_MODES,
+    EdgeSource,
+    GradientMode,
+    gradient_huber_loss,
+)
+from d3epth.losses.ssi import DataTerm, Reduction, align_prediction, aligned_data_loss, check_depth_inputs
+from d3epth.losses.weighting import TaskWeighting, build_weighting
+
+__all__ = ["HybridDepthLoss"]
+
+TASK_NAMES = ("ssi", "grad")
+
+
+class HybridDepthLoss(nn.Module):
+    r"""SSI + edge-aware gradient Huber, balanced by a task weighting chosen by name.
+
+    .. math::
+
+        \hat p = s\,p + t \;\text{(per-image least squares)}, \quad
+        L_{ssi} = \operatorname{mean}_M \rho(\hat p - g), \quad
+        L_{grad} = \text{gradient\_huber}(\hat p, g, M, I), \quad
+        L = \text{weighting}(\{ssi: L_{ssi},\ grad: L_{grad}\})
+
+    The gradient term uses the *same* aligned prediction :math:`\hat p` as the SSI term (one least-squares solve,
+    gradients flow through s and t into both terms). With the default uncertainty weighting
+    :math:`L = \tfrac12 e^{-s_1} L_{ssi} + \tfrac12 e^{-s_2} L_{grad} + \tfrac12 (s_1 + s_2)`.
+
+    The owner must put ``self.weighting`` 's parameters in its optimiser without weight decay
+    (``loss.weighting.param_groups(lr)``), and for ``weighting="gradnorm"`` pass ``shared_parameters`` to
+    :meth:`forward` during training (see :class:`~d3epth.losses.weighting.GradNormWeighting`).
+
+    Args:
+        data_term: SSI data term, ``"l1"`` (E2E-FT) or ``"l2"`` (MiDaS).
+        reduction: ``"batch"`` or ``"image"``, for both terms.
+        scales: scales of the gradient term.
+        delta: Huber threshold δ of the gradient term (target units per pixel).
+        edge_source: ``"image"``, ``"depth"``, ``"both"`` or ``"none"``.
+        edge_beta: extra weight at a full edge.
+        edge_sigma_image: image-gradient scale of the edge weight (image in [-1, 1]).
+        edge_sigma_depth: relative depth-gradient scale of the edge weight.
+        gradient_mode: ``"sobel"`` or ``"diff"``.
+        weighting: ``"uncertainty"``, ``"dwa"``, ``"gradnorm"`` or ``"fixed"``.
+        weighting_kwargs: keyword arguments of the weighting (e.g. ``{"weights": [1.0, 0.5]}`` for ``"fixed"``,
+            ``{"window": 50}`` for ``"dwa"``).
+
+    Shape:
+        - pred, target, mask: ``(B, 1, H, W)``; mask is ``torch.bool``; image ``(B, 3, H, W)`` in [-1, 1].
+        - Output: ``(loss, parts)``; ``loss`` a scalar, ``parts`` a dict of detached scalars ``loss_ssi``,
+          ``loss_grad``, ``weight_ssi``, ``weight_grad`` (and ``loss_gradnorm`` with GradNorm in training).
+    """
+
+    def __init__(
+        self,
+        data_term: DataTerm = "l1",
+        reduction: Reduction = "batch",
+        scales: int = 4,
+        delta: float = 0.05,
+        edge_source: EdgeSource = "image",
+        edge_beta: float = 1.0,
+        edge_sigma_image: float = 0.1,
+        edge_sigma_depth: float = 0.05,
+        gradient_mode: GradientMode = "sobel",
+        weighting: str = "uncertainty",
+        weighting_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        caller = "HybridDepthLoss"
+        if data_term not in ("l1", "l2"):
+            raise ValueError(f"{caller}: data_term must be 'l1' or 'l2', got {data_term!r}")
+        if reduction not in ("batch", "image"):
+            raise ValueError(f"{caller}: reduction must be 'batch' or 'image', got {reduction!r}")
+        if edge_source not in _EDGE_SOURCES:
+            raise ValueError(f"{caller}: edge_source must be one of {_EDGE_SOURCES}, got {edge_source!r}")
+        if gradient_mode not in _GRADIENT_MODES:
+            raise ValueError(f"{caller}: gradient_mode must be one of {_GRADIENT_MODES}, got {gradient_mode!r}")
+        if not isinstance(scales, int) or scales < 1:
+            raise ValueError(f"{caller}: scales must be a positive int, got {scales!r}")
+        if delta <= 0:
+            raise ValueError(f"{caller}: delta must be > 0, got {delta}")
+        self.data_term = data_term
+        self.reduction = reduction
+        self.scales = scales
+        self.delta = delta
+        self.edge_source = edge_source
+        self.edge_beta = edge_beta
+        self.edge_sigma_image = edge_sigma_image
+        self.edge_sigma_depth = edge_sigma_depth
+        self.gradient_mode = gradient_mode
+        self.weighting: TaskWeighting = build_weighting(weighting, TASK_NAMES, **dict(weighting_kwargs or {}))
+
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        mask: Tensor,
+        image: Tensor | None = None,
+        shared_parameters: Sequence[Tensor] | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute the weighted hybrid loss.
+
+        Args:
+            pred: predicted depth, shape ``(B, 1, H, W)``.
+            target: ground-truth depth, shape ``(B, 1, H, W)``.
+            mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
+            image: RGB in [-1, 1], shape ``(B, 3, H, W)``; required when ``edge_source`` is ``"image"``/``"both"``.
+            shared_parameters: GradNorm's shared parameters (training only); ignored by the other weightings.
+
+        Returns:
+            ``(loss, parts)``: the objective to back-propagate (float32) and detached scalars for logging.
+        """
+        check_depth_inputs(pred, target, mask, caller="HybridDepthLoss")
+        if self.edge_source in ("image", "both") and image is None:
+            raise ValueError(f"HybridDepthLoss: edge_source={self.edge_source!r} needs 'image' (B, 3, H, W), got None")
+        aligned = align_prediction(pred, target, mask)
+        loss_ssi = aligned_data_loss(aligned, target, mask, data_term=self.data_term, reduction=self.reduction)
+        loss_grad = gradient_huber_loss(
+            aligned,
+            target,
+            mask,
+            image=image,
+            scales=self.scales,
+            delta=self.delta,
+            edge_source=self.edge_source,
+            edge_beta=self.edge_beta,
+            edge_sigma_image=self.edge_sigma_image,
+            edge_sigma_depth=self.edge_sigma_depth,
+            gradient_mode=self.gradient_mode,
+            reduction=self.reduction,
+            align=False,
+        )
+        # Read the weights before the call: DWA may close a history window inside it, and the logged weights should
+        # be the ones this step's objective used.
+        weights = self.weighting.weights()
+        total = self.weighting({"ssi": loss_ssi, "grad": loss_grad}, shared_parameters=shared_parameters)
+        parts = {
+            "loss_ssi": loss_ssi.detach(),
+            "loss_grad": loss_grad.detach(),
+            "weight_ssi": weights["ssi"],
+            "weight_grad": weights["grad"],
+        }
+        if self.weighting.aux_loss is not None:
+            parts["loss_gradnorm"] = self.weighting.aux_loss
+        return total, parts
+
+    def extra_repr(self) -> str:
+        """Show the hyper-parameters in ``print(module)``."""
+        return (
+            f"data_term={self.data_term!r}, reduction={self.reduction!r}, scales={self.scales}, delta={self.delta}, "
+            f"edge_source={self.edge_source!r}, edge_beta={self.edge_beta}, gradient_mode={self.gradient_mode!r}"
+        )
