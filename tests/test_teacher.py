@@ -379,6 +379,38 @@ def test_export_without_text_encoder_uses_embedding_carrier(tmp_path: Path) -> N
     assert encoder.config.num_hidden_layers == 0
 
 
+def test_export_replaces_text_encoder_that_does_not_match(tiny_marigold_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    other = torch.randn(1, 2, 32, generator=torch.Generator().manual_seed(9))
+    save_empty_text_embedding(other, tmp_path / "other.safetensors")
+    teacher = DiffusionDepthTeacher.from_pretrained(
+        tiny_marigold_dir, text_embedding_file=tmp_path / "other.safetensors"
+    )
+    assert teacher.text_source is not None  # the directory's CLIP exists but encodes something else
+    with pytest.warns(UserWarning, match="does not reproduce"):
+        _check_export(teacher.freeze(), tmp_path / "export")
+
+
+def test_freeze_is_sticky(tiny_marigold_dir: Path) -> None:  # noqa: F811
+    teacher = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir)
+    assert teacher.training and all(p.requires_grad for p in teacher.parameters())
+    teacher.freeze()
+    teacher.train()  # what a LightningModule does to its children at the start of fit
+    assert not teacher.training and not teacher.unet.training and not teacher.vae.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_predict_latent_argument_errors(teacher: DiffusionDepthTeacher) -> None:
+    rgb = torch.zeros(1, 4, 4, 4)
+    with pytest.raises(ValueError, match="either latents or generator"):
+        teacher.predict_latent(rgb, latents=torch.zeros_like(rgb), generator=torch.Generator())
+    with pytest.raises(ValueError, match=r"latents has shape \(1, 4, 2, 2\)"):
+        teacher.predict_latent(rgb, latents=torch.zeros(1, 4, 2, 2))
+    with pytest.raises(ValueError, match="init_noise"):
+        teacher.predict_latent(rgb, init_noise="pyramid")
+    with pytest.raises(ValueError, match="num_steps"):
+        teacher.predict_latent(rgb, num_steps=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Full size
 # ----------------------------------------------------------------------------------------------------------------------

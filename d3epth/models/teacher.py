@@ -115,12 +115,17 @@ def compute_empty_text_embedding(path: str | Path, padding: str = "do_not_pad") 
             raise FileNotFoundError(f"cannot compute the empty-prompt embedding: {path / sub} does not exist")
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", local_files_only=True)
+    return _encode_empty_prompt(tokenizer, text_encoder, padding)
+
+
+def _encode_empty_prompt(tokenizer: Any, text_encoder: nn.Module, padding: str = "do_not_pad") -> Tensor:
     tokens = tokenizer(
         "", padding=padding, max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
+    device = next(text_encoder.parameters()).device
     with torch.no_grad():
-        embedding = text_encoder.eval()(tokens)[0]
-    return embedding.float().contiguous()
+        embedding = text_encoder.eval()(tokens.to(device))[0]
+    return embedding.float().cpu().contiguous()
 
 
 def save_empty_text_embedding(embedding: Tensor, file: str | Path) -> None:
@@ -316,6 +321,9 @@ class DiffusionDepthTeacher(nn.Module):
                 f"unet.config.cross_attention_dim is {unet.config.cross_attention_dim}"
             )
         config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+        # DDIM/DDPM default to clipping x0 to [-1, 1], which is wrong for latents; SD configs say False explicitly,
+        # but schedulers saved by other classes (e.g. SD2-base's PNDM) may omit the key.
+        config.setdefault("clip_sample", False)
         if timestep_spacing is not None:
             if timestep_spacing not in _TIMESTEP_SPACINGS:
                 raise ValueError(f"timestep_spacing must be one of {_TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
@@ -577,10 +585,18 @@ class DiffusionDepthTeacher(nn.Module):
         return cls.from_config(**{**cls.sd2_config(), **overrides})
 
     def freeze(self) -> DiffusionDepthTeacher:
-        """Put the teacher in eval mode and stop gradients to its parameters; returns ``self``."""
-        self.eval()
+        """Put the teacher in eval mode for good and stop gradients to its parameters; returns ``self``.
+
+        A frozen teacher ignores later ``train()`` calls, so a LightningModule switching to train mode (which recurses
+        into children) does not flip it back.
+        """
+        self._frozen = True
         self.requires_grad_(False)
-        return self
+        return self.eval()
+
+    def train(self, mode: bool = True) -> DiffusionDepthTeacher:
+        """``nn.Module.train``; a no-op (stays in eval) after :meth:`freeze`."""
+        return super().train(mode and not getattr(self, "_frozen", False))
 
     # ------------------------------------------------------------------------------------------------------------------
     # VAE
@@ -742,7 +758,8 @@ class DiffusionDepthTeacher(nn.Module):
                     ) from None
 
                 def hook(_module: nn.Module, _inputs: Any, output: Any, key: str = name) -> None:
-                    captured[key] = output[0] if isinstance(output, (tuple, list)) else output
+                    # Down blocks return (hidden, residuals) and some modules return output dataclasses: keep the first.
+                    captured[key] = output if torch.is_tensor(output) else output[0]
 
                 handles.append(module.register_forward_hook(hook))
             yield captured
@@ -946,11 +963,21 @@ class DiffusionDepthTeacher(nn.Module):
                 "MarigoldDepthPipeline always uses the 2-token (unpadded) one",
                 stacklevel=2,
             )
+        text_encoder = tokenizer = None
         if self.text_source is not None:
             source = Path(self.text_source)
             text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", local_files_only=True)
             tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=True)
-        else:
+            # The pipeline recomputes the embedding from this CLIP; keep it only if it gives this teacher's embedding.
+            reproduced = _encode_empty_prompt(tokenizer, text_encoder)
+            if not torch.allclose(reproduced, self.empty_text_embedding[:, :2].cpu(), atol=1e-4, rtol=1e-4):
+                warnings.warn(
+                    f"the CLIP text encoder in {source} does not reproduce this teacher's empty-prompt embedding; "
+                    "exporting a stand-in text encoder that does",
+                    stacklevel=2,
+                )
+                text_encoder = tokenizer = None
+        if text_encoder is None:
             text_encoder, tokenizer = _embedding_carrier(self.empty_text_embedding)
         pipeline = MarigoldDepthPipeline(
             unet=self.unet,
