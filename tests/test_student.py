@@ -159,6 +159,7 @@ def test_head_subset_at_construction_builds_only_those_heads() -> None:
     assert student.latent_head is None and student.feature_adapters is None and student.depth_head is not None
     assert not any(name.startswith(("latent_head", "feature_adapters")) for name, _ in student.named_parameters())
     assert set(student(rand_image(1, 32, 32))) == {"depth"}
+    assert make_student(heads="depth").heads == ("depth",)
     with pytest.raises(ValueError, match="built with \\['depth'\\]"):
         student(rand_image(1, 32, 32), heads=("latent",))
 

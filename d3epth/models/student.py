@@ -101,7 +101,7 @@ class DepthStudent(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
-        heads = tuple(heads)
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)  # a YAML scalar `heads: depth` is one head
         unknown = [h for h in heads if h not in HEADS]
         if unknown or not heads or len(set(heads)) != len(heads):
             raise ValueError(f"heads must be a non-empty subset of {HEADS} without repeats, got {list(heads)}")
