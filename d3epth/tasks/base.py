@@ -1,0 +1,232 @@
+"""The skeleton every d3epth LightningModule shares: optimiser and LR schedule, evaluation, image logging.
+
+A task subclasses :class:`DepthTask` and provides
+
+* ``training_step`` — returns the loss (and logs its parts under ``train/``),
+* :meth:`DepthTask.predict_depth` — affine-invariant depth [B,1,H,W] for a batch (larger = farther),
+* :meth:`DepthTask.parameter_groups` — the parameters to optimise, as explicit groups (never ``self.parameters()``,
+  which would pick up a frozen teacher).
+
+Validation and test then run the shared evaluator (:mod:`d3epth.metrics`) on every validation/test set of the
+datamodule and log ``val/<set>/<metric>``; the first validation set is also logged as ``val/<metric>``, the key the
+best checkpoint monitors (as Marigold, whose first validation set drives model selection).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+
+from d3epth.metrics import DepthMetrics
+from d3epth.utils.visualize import depth_error_panel
+
+Batch = dict[str, Any]
+
+
+def iter_exponential(step: int, total_steps: int, warmup_steps: int = 100, final_ratio: float = 0.01) -> float:
+    """Marigold's ``IterExponential`` LR factor: linear warm-up, then exponential decay to ``final_ratio``.
+
+    λ(n) = n / warmup for n < warmup; final_ratio for n ≥ total; else
+    exp((n − warmup) / (total − warmup) · ln final_ratio). ``n`` counts optimiser steps (not micro-batches).
+    """
+    if step < warmup_steps:
+        return step / warmup_steps
+    if step >= total_steps:
+        return final_ratio
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return math.exp(progress * math.log(final_ratio))
+
+
+#: Checkpoint key naming the task class that wrote a checkpoint, so a later stage can refuse the wrong one.
+TASK_KEY = "d3epth_task"
+
+
+def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: str) -> dict[str, Any]:
+    """Read a d3epth Lightning checkpoint on the CPU and check which task wrote it.
+
+    Args:
+        path: ``.ckpt`` file.
+        accepted: task class names whose checkpoints are acceptable here.
+        purpose: what the checkpoint is for, for the error message (e.g. ``"model.init_args.init_from"``).
+
+    Returns:
+        The checkpoint dict (``state_dict``, ``hyper_parameters``, ...).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a d3epth checkpoint, or one written by another task (stage).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{purpose}: checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{purpose}: cannot read checkpoint {path}: {err}") from err
+    task = checkpoint.get(TASK_KEY) if isinstance(checkpoint, dict) else None
+    if task is None:
+        raise ValueError(f"{purpose}: {path} is not a d3epth task checkpoint (no '{TASK_KEY}' entry)")
+    if task not in accepted:
+        raise ValueError(f"{purpose}: {path} was written by {task}, expected a checkpoint of {' or '.join(accepted)}")
+    return checkpoint
+
+
+def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of ``state_dict`` under ``prefix`` (e.g. ``"student."``), with the prefix removed."""
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+class DepthTask(L.LightningModule):
+    """Shared optimisation, evaluation and logging for depth tasks.
+
+    Frozen sub-modules named in :attr:`frozen_prefixes` (the teacher) are left out of checkpoints: they are rebuilt
+    from their own source (a local diffusers directory or a teacher checkpoint) when the task is built, and put back
+    into the state dict before loading so that loading stays strict.
+
+    Args:
+        lr: peak learning rate (Marigold / E2E-FT: 3e-5 for the UNet; students usually take more).
+        weight_decay: decoupled weight decay for groups that allow it (AdamW); 0 gives Adam's behaviour.
+        optimizer: ``"adamw"`` (E2E-FT) or ``"adam"`` (Marigold).
+        warmup_steps: linear LR warm-up, in optimiser steps.
+        decay_steps: optimiser step at which the LR reaches ``final_lr_ratio``; ``None`` = ``trainer.max_steps``.
+        final_lr_ratio: LR factor at the end of the decay.
+        benchmarks: evaluation preset per validation/test set name (e.g. ``{"nyu": "nyu", "kitti": "kitti_eigen"}``);
+            a set without an entry is looked up by its own name, then falls back to its dataset's valid mask only.
+        alignment: per-image alignment before scoring: ``"depth"`` (affine-invariant depth models), ``"disparity"``
+            or ``"none"`` (metric models).
+        num_logged_images: validation images written to TensorBoard per validation set and validation run.
+    """
+
+    #: State-dict prefixes of frozen modules that checkpoints do not store.
+    frozen_prefixes: tuple[str, ...] = ("teacher.",)
+
+    def __init__(
+        self,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        optimizer: str = "adamw",
+        warmup_steps: int = 100,
+        decay_steps: int | None = None,
+        final_lr_ratio: float = 0.01,
+        benchmarks: dict[str, str] | None = None,
+        alignment: str = "depth",
+        num_logged_images: int = 4,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        self.val_metrics = nn.ModuleList()
+        self.test_metrics = nn.ModuleList()
+        self._set_names: dict[str, list[str]] = {"val": [], "test": []}
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the task class and drop the frozen teacher's weights (they are not ours to store)."""
+        checkpoint[TASK_KEY] = type(self).__name__
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill the frozen modules' entries from the modules as built, so strict loading still checks the rest."""
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if key.startswith(self.frozen_prefixes):
+                state.setdefault(key, value)
+
+    # ----------------------------------------------------------------------------------------------- subclass API
+    def predict_depth(self, batch: Batch) -> Tensor:
+        """Affine-invariant depth [B,1,H,W] at the resolution of ``batch["image"]`` (larger = farther)."""
+        raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimiser: ``[{"params": [...], "weight_decay": ..., "name": ...}, ...]``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam/AdamW over :meth:`parameter_groups` with Marigold's step-wise warm-up + exponential decay."""
+        groups = [g for g in self.parameter_groups() if len(list(g["params"])) > 0]
+        for group in groups:
+            group.setdefault("weight_decay", self.hparams.weight_decay)
+        optimizer_cls = torch.optim.AdamW if self.hparams.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_cls(groups, lr=self.hparams.lr)
+        total = self.hparams.decay_steps or self.trainer.max_steps
+        if total is None or total <= 0:
+            raise ValueError("set trainer.max_steps or model.init_args.decay_steps: the LR schedule needs a length")
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: iter_exponential(step, total, self.hparams.warmup_steps, self.hparams.final_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -------------------------------------------------------------------------------------------------- evaluation
+    def setup(self, stage: str) -> None:
+        """Build one evaluator per validation / test set, named after the datamodule's sets."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for split, metrics in (("val", self.val_metrics), ("test", self.test_metrics)):
+            names = list(getattr(datamodule, f"{split}_set_names", None) or [])
+            if names == self._set_names[split]:
+                continue
+            self._set_names[split] = names
+            metrics.extend(self._build_metrics(name) for name in names[len(metrics) :])
+
+    def _build_metrics(self, set_name: str) -> DepthMetrics:
+        benchmark = (self.hparams.benchmarks or {}).get(set_name, set_name)
+        try:
+            return DepthMetrics(benchmark=benchmark, alignment=self.hparams.alignment)
+        except (KeyError, ValueError):
+            return DepthMetrics(benchmark=None, alignment=self.hparams.alignment)
+
+    def _evaluate(self, split: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
+        pred = self.predict_depth(batch)
+        metrics = (self.val_metrics if split == "val" else self.test_metrics)[dataloader_idx]
+        metrics.update(pred.float(), batch["depth"].float(), batch["valid_mask"])
+        if split == "val" and batch_idx == 0:
+            self._log_images(f"{split}_images/{self._set_names[split][dataloader_idx]}", batch, pred)
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("val", batch, batch_idx, dataloader_idx)
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._evaluate("test", batch, batch_idx, dataloader_idx)
+
+    def _log_metrics(self, split: str) -> None:
+        metrics_list = self.val_metrics if split == "val" else self.test_metrics
+        for idx, (name, metrics) in enumerate(zip(self._set_names[split], metrics_list, strict=True)):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                values = metrics.compute()
+            metrics.reset()
+            for key, value in values.items():
+                self.log(f"{split}/{name}/{key}", value, sync_dist=False, add_dataloader_idx=False)
+                if idx == 0:
+                    self.log(
+                        f"{split}/{key}", value, sync_dist=False, add_dataloader_idx=False, prog_bar=key == "abs_rel"
+                    )
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # ----------------------------------------------------------------------------------------------------- logging
+    @torch.no_grad()
+    def _log_images(self, tag: str, batch: Batch, pred: Tensor, extra: dict[str, Tensor] | None = None) -> None:
+        """Write RGB | GT | prediction (| extra columns) | error panels to TensorBoard, when the logger is one."""
+        if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
+            return
+        n = min(self.hparams.num_logged_images, batch["image"].shape[0])
+        columns = {"prediction": pred[:n], **{k: v[:n] for k, v in (extra or {}).items()}}
+        panel = depth_error_panel(
+            batch["image"][:n], batch["depth"][:n], batch["valid_mask"][:n], columns, self.hparams.alignment
+        )
+        self.logger.experiment.add_image(tag, panel, self.global_step)
