@@ -1,0 +1,295 @@
+"""Generate procedural sample data in the real on-disk layouts of Hypersim, Virtual KITTI 2, NYUv2 and KITTI.
+
+Writes (see ``d3epth/data/synthetic.py``)::
+
+    <out>/hypersim_raw/   raw Hypersim HDF5 + metadata_images_split_scene_v1.csv
+    <out>/hypersim/       Marigold's preprocessed layout, produced from hypersim_raw by tools/prepare_hypersim.py
+    <out>/vkitti2/        rgb/ depth/ textgt/ + vkitti_train.txt, vkitti_val.txt
+    <out>/nyuv2/          test/<scene>/{rgb,depth,filled}_NNNN.png + filename_list_test.txt
+    <out>/kitti/          Eigen-test-like RGB + sparse ground truth + eigen_test_files_with_gt.txt
+    <out>/contact_sheet.png   RGB next to colourised depth for a few frames of each dataset
+
+Usage::
+
+    python tools/make_sample_data.py --out sample_data [--seed 0] [--workers 2] [--hypersim-size 128 96] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from d3epth.data import synthetic
+
+try:  # run as `python tools/make_sample_data.py`: tools/ itself is on sys.path
+    from prepare_hypersim import prepare_hypersim
+except ModuleNotFoundError:  # imported as `tools.make_sample_data` from the repository root
+    from tools.prepare_hypersim import prepare_hypersim
+
+DATASETS = ("hypersim", "vkitti2", "nyuv2", "kitti")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Contact sheet
+# --------------------------------------------------------------------------------------------------------------------
+def colorize_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Colourise depth with diffusers' Marigold visualiser (Spectral, near = red), 2%/98% range; invalid = black.
+
+    Args:
+        depth: float [H, W] metres.
+        valid: bool [H, W].
+
+    Returns:
+        uint8 [H, W, 3].
+    """
+    # Imported here so that the rendering workers are forked before torch is loaded.
+    import torch
+    from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
+
+    if valid.any():
+        lo, hi = np.percentile(depth[valid], [2.0, 98.0])
+    else:
+        lo, hi = 0.0, 1.0
+    norm = np.clip((depth - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    img = MarigoldImageProcessor.visualize_depth(torch.from_numpy(norm[None, None]).float(), val_min=0.0, val_max=1.0)
+    out = np.asarray(img[0]).copy()
+    out[~valid] = 0
+    return out
+
+
+def _read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _dilate_sparse(depth: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grow sparse LiDAR points into small squares so they are visible in a thumbnail."""
+    from scipy import ndimage
+
+    grown = ndimage.grey_dilation(np.where(valid, -depth, -np.inf), size=(size, size))
+    return -grown, np.isfinite(grown)
+
+
+def _samples(out: Path, dataset: str, n: int, tile_height: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Up to ``n`` (rgb, depth in metres, valid) triples of a generated dataset, read back from disk via its list."""
+    rows: list[tuple[Path, Path]] = []
+    if dataset == "hypersim":
+        root = out / "hypersim"
+        lst = root / "filename_list_train_filtered.txt"
+        if not lst.is_file() or not lst.read_text().strip():
+            lst = root / "train" / "filename_list_train.txt"
+        if lst.is_file():
+            rows = [(root / "train" / r[0], root / "train" / r[1]) for r in synthetic.iter_split_rows(lst)]
+        scale, far = 1000.0, None
+    elif dataset == "vkitti2":
+        root = out / "vkitti2"
+        lst = root / "vkitti_train.txt"
+        if lst.is_file():
+            rows = [(root / r[0], root / r[1]) for r in synthetic.iter_split_rows(lst)]
+        scale, far = 100.0, 655.0
+    elif dataset == "nyuv2":
+        root = out / "nyuv2"
+        lst = root / "filename_list_test.txt"
+        if lst.is_file():
+            rows = [(root / r[0], root / r[1]) for r in synthetic.iter_split_rows(lst)]
+        scale, far = 1000.0, None
+    else:
+        root = out / "kitti"
+        lst = root / "eigen_test_files_with_gt.txt"
+        if lst.is_file():
+            rows = [(root / r[0], root / r[1]) for r in synthetic.iter_split_rows(lst) if r[1] != "None"]
+        scale, far = 256.0, None
+    # Spread the picks over the list (scenes, variations) rather than consecutive frames of one sequence.
+    rows = rows[:: max(1, len(rows) // max(n, 1))][:n]
+    picked = []
+    for rgb_path, depth_path in rows:
+        rgb = _read_png(rgb_path)[..., :3]
+        depth = _read_png(depth_path).astype(np.float64) / scale
+        valid = depth > 0
+        if far is not None:
+            valid &= depth < far  # VKITTI sky is stored at 655.35 m
+        shrink = round(rgb.shape[0] / tile_height)
+        if dataset == "kitti" and shrink > 1:  # keep sparse points visible after downscaling
+            depth, valid = _dilate_sparse(depth, valid, shrink)
+        picked.append((rgb, depth, valid))
+    return picked
+
+
+def make_contact_sheet(
+    out: str | os.PathLike[str], frames: int = 3, tile_height: int = 128, max_width: int = 1800
+) -> Path:
+    """Write ``<out>/contact_sheet.png``: per dataset, (RGB | colourised depth) pairs read back from disk.
+
+    Args:
+        out: Sample-data root.
+        frames: Frames per dataset.
+        tile_height: Height of each thumbnail in pixels.
+        max_width: Pairs wrap onto a new row beyond this width.
+
+    Returns:
+        Path of the PNG.
+    """
+    out = Path(out)
+    rows = []
+    for dataset in DATASETS:
+        samples = _samples(out, dataset, frames, tile_height)
+        if not samples:
+            continue
+        pairs = []
+        for rgb, depth, valid in samples:
+            pair = np.concatenate([rgb, np.full((rgb.shape[0], 2, 3), 255, np.uint8), colorize_depth(depth, valid)], 1)
+            w = round(pair.shape[1] * tile_height / pair.shape[0])
+            pairs.append(np.asarray(Image.fromarray(pair).resize((w, tile_height), Image.Resampling.NEAREST)))
+        label = Image.new("RGB", (90, tile_height), (255, 255, 255))
+        ImageDraw.Draw(label).text((4, tile_height // 2 - 6), dataset, fill=(0, 0, 0))
+        line: list[np.ndarray] = [np.asarray(label)]
+        for pair in pairs:
+            if len(line) > 1 and sum(t.shape[1] for t in line) + pair.shape[1] > max_width:
+                rows.append(np.concatenate(line, axis=1))
+                line = [np.full((tile_height, 90, 3), 255, np.uint8)]
+            line += [pair, np.full((tile_height, 8, 3), 255, np.uint8)]
+        rows.append(np.concatenate(line, axis=1))
+    if not rows:
+        raise FileNotFoundError(f"no generated dataset found under {out} to put on a contact sheet")
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path = out / "contact_sheet.png"
+    Image.fromarray(np.concatenate(padded, axis=0)).save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface; sizes are ``WIDTH HEIGHT``."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default="sample_data", help="output root (default sample_data)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; same seed gives identical files (default 0)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS, help="datasets to write")
+    p.add_argument(
+        "--hypersim-scenes",
+        type=int,
+        nargs=3,
+        default=[8, 2, 2],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="Hypersim scenes per split (default 8 2 2)",
+    )
+    p.add_argument("--hypersim-cameras", type=int, default=2, help="camera trajectories per scene (default 2)")
+    p.add_argument("--hypersim-frames", type=int, default=8, help="frames per camera trajectory (default 8)")
+    p.add_argument(
+        "--hypersim-size",
+        type=int,
+        nargs=2,
+        default=[128, 96],
+        metavar=("W", "H"),
+        help="Hypersim resolution (real: 1024 768; default 128 96)",
+    )
+    p.add_argument(
+        "--hypersim-missing",
+        type=int,
+        default=0,
+        help="train frames written without color.hdf5 (Hypersim's missing-file defect; default 0)",
+    )
+    p.add_argument("--vkitti-frames", type=int, default=2, help="frames per scene x variation x camera (default 2)")
+    p.add_argument(
+        "--vkitti-size",
+        type=int,
+        nargs=2,
+        default=[416, 128],
+        metavar=("W", "H"),
+        help="VKITTI resolution (real: 1242 375; default 416 128)",
+    )
+    p.add_argument("--nyu-frames", type=int, default=8, help="NYUv2 test frames (default 8)")
+    p.add_argument(
+        "--nyu-size",
+        type=int,
+        nargs=2,
+        default=[320, 240],
+        metavar=("W", "H"),
+        help="NYUv2 resolution (real: 640 480; default 320 240)",
+    )
+    p.add_argument("--kitti-frames", type=int, default=8, help="KITTI test rows incl. one without GT (default 8)")
+    p.add_argument(
+        "--kitti-size",
+        type=int,
+        nargs=2,
+        default=[416, 128],
+        metavar=("W", "H"),
+        help="KITTI resolution (real: 1242 375; default 416 128)",
+    )
+    p.add_argument("--contact-frames", type=int, default=3, help="frames per dataset on the contact sheet")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: generate the selected datasets under ``--out`` and the contact sheet; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    common = {"seed": args.seed, "workers": args.workers, "progress": progress}
+    timings: dict[str, float] = {}
+    selected: Sequence[str] = args.datasets
+    if "hypersim" in selected:
+        t0 = time.perf_counter()
+        synthetic.write_hypersim_raw(
+            out / "hypersim_raw",
+            scenes=tuple(args.hypersim_scenes),
+            cameras_per_scene=args.hypersim_cameras,
+            frames_per_camera=args.hypersim_frames,
+            width=args.hypersim_size[0],
+            height=args.hypersim_size[1],
+            missing_frames=args.hypersim_missing,
+            **common,
+        )
+        # The raw data were just (re)written, so earlier PNGs may be stale: convert everything again.
+        summaries = prepare_hypersim(
+            out / "hypersim_raw", out / "hypersim", workers=args.workers, overwrite=True, progress=progress
+        )
+        timings["hypersim"] = time.perf_counter() - t0
+        for split, s in summaries.items():
+            print(
+                f"hypersim {split}: {s.converted} frames, {s.filtered} pass Marigold's filter, "
+                f"{len(s.missing)} skipped for missing files"
+            )
+    if "vkitti2" in selected:
+        t0 = time.perf_counter()
+        synthetic.write_vkitti2(
+            out / "vkitti2",
+            frames_per_sequence=args.vkitti_frames,
+            width=args.vkitti_size[0],
+            height=args.vkitti_size[1],
+            **common,
+        )
+        timings["vkitti2"] = time.perf_counter() - t0
+    if "nyuv2" in selected:
+        t0 = time.perf_counter()
+        synthetic.write_nyuv2(
+            out / "nyuv2", num_frames=args.nyu_frames, width=args.nyu_size[0], height=args.nyu_size[1], **common
+        )
+        timings["nyuv2"] = time.perf_counter() - t0
+    if "kitti" in selected:
+        t0 = time.perf_counter()
+        synthetic.write_kitti(
+            out / "kitti", num_frames=args.kitti_frames, width=args.kitti_size[0], height=args.kitti_size[1], **common
+        )
+        timings["kitti"] = time.perf_counter() - t0
+    sheet = make_contact_sheet(out, frames=args.contact_frames)
+    print(", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; contact sheet: {sheet}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
