@@ -86,6 +86,10 @@ def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tens
 class DepthTask(L.LightningModule):
     """Shared optimisation, evaluation and logging for depth tasks.
 
+    Subclasses take their own arguments plus ``**kwargs`` passed on to this constructor, which saves all of them as
+    hyper-parameters (so ``load_from_checkpoint`` rebuilds the task); a subclass that normalises an argument updates
+    ``self.hparams`` itself.
+
     Frozen sub-modules named in :attr:`frozen_prefixes` (the teacher) are left out of checkpoints: they are rebuilt
     from their own source (a local diffusers directory or a teacher checkpoint) when the task is built, and put back
     into the state dict before loading so that loading stays strict.
@@ -120,6 +124,8 @@ class DepthTask(L.LightningModule):
         num_logged_images: int = 4,
     ) -> None:
         super().__init__()
+        # Records the arguments of this constructor and of the subclass constructors that called it.
+        self.save_hyperparameters()
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
         self.val_metrics = nn.ModuleList()
