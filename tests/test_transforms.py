@@ -203,3 +203,13 @@ def test_normalize_depth_degenerate_cases() -> None:
     assert torch.equal(normalize_depth(depth, ~none), torch.zeros(1, 4, 4))  # flat depth: no spread
     with pytest.raises(ValueError, match="differ"):
         normalize_depth(depth, none[:, :2])
+
+
+def test_large_image_quantile_path_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import d3epth.data.transforms as transforms
+
+    gen = torch.Generator().manual_seed(1)
+    depth, mask = torch.rand(1, 50, 60, generator=gen), torch.rand(1, 50, 60, generator=gen) > 0.2
+    small = normalize_depth(depth, mask)
+    monkeypatch.setattr(transforms, "_TORCH_QUANTILE_MAX", 100)  # force the kthvalue path used beyond 2**24 pixels
+    torch.testing.assert_close(normalize_depth(depth, mask), small)

@@ -253,12 +253,18 @@ class KBCrop:
         return f"KBCrop(height={self.height}, width={self.width})"
 
 
-def _quantiles(values: Tensor, qs: Sequence[float]) -> list[float]:
-    """Linear-interpolation quantiles of a 1-D tensor (as ``torch.quantile``/``numpy.quantile``), via ``kthvalue``.
+#: ``torch.quantile`` refuses inputs with more elements than this.
+_TORCH_QUANTILE_MAX = 2**24
 
-    ``kthvalue`` is O(n) and has no size limit, unlike ``torch.quantile`` (sorts; refuses > 2**24 elements).
+
+def _quantiles(values: Tensor, qs: Sequence[float]) -> list[float]:
+    """Linear-interpolation quantiles of a 1-D tensor (as ``torch.quantile`` / ``numpy.quantile``).
+
+    ``torch.quantile`` (one sort) where it accepts the size; beyond 2**24 elements two ``kthvalue`` calls per quantile.
     """
     n = values.numel()
+    if n <= _TORCH_QUANTILE_MAX:
+        return torch.quantile(values, torch.tensor(list(qs), dtype=values.dtype)).tolist()
     out = []
     for q in qs:
         pos = q * (n - 1)
