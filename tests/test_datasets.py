@@ -144,7 +144,8 @@ def test_vkitti_kb_crop_and_intrinsics(tmp_path: Path) -> None:
 
 def test_vkitti_kb_crop_too_large_fails_clearly(tmp_path: Path) -> None:
     write_vkitti2(tmp_path / "vk", "train", size=(24, 40))
-    with pytest.raises(ValueError, match=r"rgb_00000\.jpg.*24x40.*smaller than the KB crop 352x1216.*kb_crop: false"):
+    rgb = tmp_path / "vk" / "rgb/Scene02/clone/frames/rgb/Camera_0/rgb_00000.jpg"
+    with pytest.raises(ValueError, match=rf"{rgb}: image is 24x40, smaller than the KB crop 352x1216.*kb_crop: false"):
         VirtualKITTI2Dataset(tmp_path / "vk")
 
 

@@ -300,6 +300,12 @@ class BaseDepthDataset(Dataset):
             sample["intrinsics"] = k
         sample.update(self._load_extra(entry, rgb.shape[:2]))
         if self._kb is not None:
+            if rgb.shape[0] < self._kb.height or rgb.shape[1] < self._kb.width:
+                raise ValueError(
+                    f"{entry['rgb']}: image is {rgb.shape[0]}x{rgb.shape[1]}, smaller than the KB crop "
+                    f"{self._kb.height}x{self._kb.width}; set kb_crop: false for frames smaller than the KITTI "
+                    "benchmark size"
+                )
             sample = self._kb(sample)
         sample = self._eval_mask(sample)
         if self._resize is not None:
