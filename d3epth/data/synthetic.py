@@ -270,6 +270,11 @@ def _noise(u: np.ndarray, v: np.ndarray, scale: float, seed: int) -> np.ndarray:
     return out / total * 2.0
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot product of [3, N] (or [3, 1]) arrays → [N]; cheaper than ``(a * b).sum(axis=0)``."""
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
 def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Linear blend of two colours: a [3] or [3,N], b likewise, t [N] in [0, 1] → [3, N]."""
     return a.reshape(3, -1) * (1.0 - t) + b.reshape(3, -1) * t
@@ -483,8 +488,8 @@ class Sphere(Primitive):
 
     def intersect(self, o: np.ndarray, d: np.ndarray) -> np.ndarray:
         oc = o - self.center
-        b = (oc * d).sum(axis=0)
-        c = (oc * oc).sum(axis=0) - self.radius**2
+        b = _dot(oc, d)
+        c = _dot(oc, oc) - self.radius**2
         disc = b * b - c
         root = np.sqrt(np.maximum(disc, 0.0))
         t = -b - root
@@ -697,8 +702,8 @@ def _occluded(
             cand = cand[(np.abs(b[cand] - e2 @ c) <= r) & (s[cand] <= direction @ c + r) & ~blocked[cand]]
         else:
             oc = c.reshape(3, 1) - o
-            along = (oc * d).sum(axis=0)
-            perp2 = (oc * oc).sum(axis=0) - along * along
+            along = _dot(oc, d)
+            perp2 = _dot(oc, oc) - along * along
             cand = np.flatnonzero((perp2 <= r * r) & (along >= -r) & (along <= t_max + r) & ~blocked)
         if cand.size == 0:
             continue
@@ -747,7 +752,7 @@ def render(scene: Scene, camera: PinholeCamera, pose: CameraPose) -> RenderedFra
         sel = np.flatnonzero(idx_h == i)
         prim = prims[i]
         n = prim.normal(p[:, sel])
-        n *= -np.sign((n * dh[:, sel]).sum(axis=0) + 1e-12)  # face the viewer: surfaces are two-sided
+        n *= -np.sign(_dot(n, dh[:, sel]) + 1e-12)  # face the viewer: surfaces are two-sided
         u, v = prim.surface_uv(p[:, sel], n)
         normal[:, sel] = n
         alb = _albedo(prim.material, u, v, p[:, sel], n)
@@ -762,14 +767,14 @@ def render(scene: Scene, camera: PinholeCamera, pose: CameraPose) -> RenderedFra
         to_l = np.asarray(light.position, dtype=np.float64).reshape(3, 1) - p
         dist = np.linalg.norm(to_l, axis=0)
         ldir = to_l / np.maximum(dist, 1e-9)
-        ndl = np.maximum((normal * ldir).sum(axis=0), 0.0)
+        ndl = np.maximum(_dot(normal, ldir), 0.0)
         lit = np.flatnonzero(ndl > 0)
         vis = np.zeros_like(ndl)
         vis[lit] = ~_occluded(occluders, start[:, lit], ldir[:, lit], dist[lit])
         irradiance += np.asarray(light.color).reshape(3, 1) * (ndl * vis / np.maximum(dist**2, 0.25))
     if scene.sun_direction is not None:
         sdir = np.asarray(scene.sun_direction, dtype=np.float64).reshape(3, 1)
-        ndl = np.maximum((normal * sdir).sum(axis=0), 0.0)
+        ndl = np.maximum(_dot(normal, sdir), 0.0)
         lit = np.flatnonzero(ndl > 0)
         vis = np.zeros_like(ndl)
         sun_rays = np.repeat(sdir, lit.size, axis=1)
@@ -783,7 +788,7 @@ def render(scene: Scene, camera: PinholeCamera, pose: CameraPose) -> RenderedFra
         elev = np.clip(d[2, mi], 0.0, 1.0) ** 0.6
         sky = _mix(np.asarray(scene.sky_horizon), np.asarray(scene.sky_zenith), elev)
         if scene.sun_direction is not None:
-            glow = np.maximum((d[:, mi] * np.asarray(scene.sun_direction).reshape(3, 1)).sum(axis=0), 0.0) ** 64
+            glow = np.maximum(_dot(d[:, mi], np.asarray(scene.sun_direction).reshape(3, 1)), 0.0) ** 64
             sky = sky + np.asarray(scene.sun_color).reshape(3, 1) * 0.5 * glow
         radiance[:, mi] = sky
 
