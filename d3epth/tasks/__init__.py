@@ -1,6 +1,9 @@
 """LightningModules: the only place d3epth uses Lightning (besides the datamodule)."""
 
+from d3epth.tasks.autoencoder import AutoencoderTask
 from d3epth.tasks.base import DepthTask
+from d3epth.tasks.stage1 import LatentDistillationTask
 from d3epth.tasks.stage2 import PixelRefinementTask
+from d3epth.tasks.teacher import TeacherTask
 
-__all__ = ["DepthTask", "PixelRefinementTask"]
+__all__ = ["AutoencoderTask", "DepthTask", "LatentDistillationTask", "PixelRefinementTask", "TeacherTask"]

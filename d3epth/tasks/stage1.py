@@ -1,0 +1,155 @@
+"""Stage 1 of D³epth: distil the diffusion teacher's depth latent (and optionally UNet features) into the student.
+
+The frozen teacher turns each image into its single-step depth latent: the RGB latent and a zero depth latent go
+through the UNet once at t = 999 (trailing spacing) and x0 is read off the model output — E2E-FT's deterministic
+one-step prediction (DESIGN.md §4; the paper says only "latent-space distillation"). The student's ``latent`` head
+regresses it with the masked latent MSE of Marigold (a latent cell counts only when all its 8×8 pixels have valid
+ground truth). Optionally, the student's ``features`` head (1×1 adapters) regresses the outputs of named UNet blocks
+captured by forward hooks in the same teacher pass.
+
+Validation decodes the student's latent with the teacher's VAE decoder and scores it with the shared evaluator, next
+to the teacher's own one-step depth in the logged images (RGB | GT | student | error | teacher | error).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from d3epth.losses import feature_distillation_loss, latent_distillation_loss
+from d3epth.models import DepthStudent
+from d3epth.models.teacher import DiffusionDepthTeacher
+from d3epth.tasks.base import Batch, DepthTask
+
+
+def pad_to_multiple(x: Tensor, multiple: int, value: float | bool | None = None) -> Tensor:
+    """Pad [B,C,H,W] at the bottom and right to multiples of ``multiple``: replicate, or a constant ``value``.
+
+    Bottom/right padding keeps latent cell (i, j) on pixels [8i, 8i+8) × [8j, 8j+8), as the student does.
+    """
+    height, width = x.shape[-2:]
+    pad = (0, -width % multiple, 0, -height % multiple)
+    if pad == (0, 0, 0, 0):
+        return x
+    if value is None:
+        return F.pad(x, pad, mode="replicate")
+    if x.dtype == torch.bool:
+        return F.pad(x.to(torch.uint8), pad, value=int(value)).bool()
+    return F.pad(x, pad, value=float(value))
+
+
+class LatentDistillationTask(DepthTask):
+    """Stage 1: the student learns the frozen teacher's one-step depth latent (+ optional UNet features).
+
+    Args:
+        student: ``DepthStudent`` keyword arguments. The ``latent`` head is always built; with ``feature_blocks`` the
+            ``features`` head is added with channels and strides read from the teacher.
+        teacher: teacher source (see :func:`d3epth.tasks.teacher.load_teacher`): a local diffusers / Marigold /
+            E2E-FT directory, a ``TeacherTask`` checkpoint, or a dict spec. Frozen, out of the optimiser and out of
+            this task's checkpoints (it is rebuilt from this source when a checkpoint is loaded).
+        feature_blocks: UNet submodules whose outputs the student also regresses (e.g. ``["mid_block",
+            "up_blocks.1"]``); ``None`` or empty = latent only.
+        feature_weight: weight of the feature loss relative to the latent loss.
+        mask_latent_loss: mask latent cells with invalid ground truth (Marigold); ``False`` uses every cell, since
+            the teacher's target is defined everywhere.
+        backbone_lr_scale: learning-rate factor for the backbone relative to the decoder and heads.
+        **kwargs: :class:`~d3epth.tasks.base.DepthTask` arguments.
+    """
+
+    def __init__(
+        self,
+        student: dict[str, Any],
+        teacher: str | dict[str, Any],
+        feature_blocks: list[str] | None = None,
+        feature_weight: float = 1.0,
+        mask_latent_loss: bool = True,
+        backbone_lr_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        from d3epth.tasks.teacher import load_teacher
+
+        self.teacher: DiffusionDepthTeacher = load_teacher(teacher).freeze()
+        heads = [student["heads"]] if isinstance(student.get("heads"), str) else list(student.get("heads", ["latent"]))
+        student = {**student, "heads": [h for h in ("latent", "features", "depth") if h in {*heads, "latent"}]}
+        self.feature_blocks = list(feature_blocks or [])
+        if self.feature_blocks:
+            info = self.teacher.feature_info(self.feature_blocks)
+            student["heads"] = [h for h in ("latent", "features", "depth") if h in {*student["heads"], "features"}]
+            student["teacher_feature_channels"] = [info[name]["channels"] for name in self.feature_blocks]
+            student["teacher_feature_strides"] = [info[name]["reduction"] for name in self.feature_blocks]
+        self.hparams["student"] = student  # the arguments actually used, so the checkpoint rebuilds this student
+        self.student = DepthStudent(**student)
+
+    # ------------------------------------------------------------------------------------------------------ teacher
+    @torch.no_grad()
+    def teacher_targets(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The teacher's one-step depth latent [B,4,⌈H/8⌉,⌈W/8⌉] and the requested UNet features for images."""
+        rgb_latent = self.teacher.encode_image(pad_to_multiple(image, self.teacher.vae_scale_factor))
+        if not self.feature_blocks:
+            return self.teacher.predict_latent_one_step(rgb_latent).float(), []
+        latent, features = self.teacher.unet_features(rgb_latent, None, self.feature_blocks)
+        return latent.float(), [features[name].float() for name in self.feature_blocks]
+
+    def decode(self, latent: Tensor, size: torch.Size) -> Tensor:
+        """Teacher VAE decoding of a depth latent, cropped to the image size: [B,1,H,W] in [−1,1]."""
+        return self.teacher.decode_depth(latent)[..., : size[0], : size[1]].float()
+
+    # ------------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Masked latent MSE to the teacher's latent (+ weighted feature MSE)."""
+        image = batch["image"]
+        heads = ("latent", "features") if self.feature_blocks else ("latent",)
+        outputs = self.student(image, heads=heads)
+        cached = batch.get("teacher_latent")
+        if cached is not None and not self.feature_blocks:
+            target, teacher_features = cached.float(), []
+        else:
+            target, teacher_features = self.teacher_targets(image)
+        mask = None
+        if self.hparams.mask_latent_loss:
+            mask = pad_to_multiple(batch["valid_mask"], self.teacher.vae_scale_factor, value=False)
+        loss_latent = latent_distillation_loss(outputs["latent"].float(), target, mask)
+        parts = {"loss_latent": loss_latent.detach()}
+        loss = loss_latent
+        if self.feature_blocks:
+            loss_feat, feat_parts = feature_distillation_loss(
+                [f.float() for f in outputs["features"]], teacher_features
+            )
+            loss = loss + self.hparams.feature_weight * loss_feat
+            parts.update({"loss_feat": loss_feat.detach(), **feat_parts})
+        batch_size = image.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log_dict({f"train/{key}": value for key, value in parts.items()}, batch_size=batch_size)
+        return loss
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Backbone (``backbone_lr_scale`` × LR) and decoder + heads; the teacher is never optimised."""
+        backbone = list(self.student.backbone.parameters())
+        backbone_ids = {id(p) for p in backbone}
+        rest = [p for p in self.student.parameters() if id(p) not in backbone_ids]
+        return [
+            {"name": "backbone", "params": backbone, "lr": self.hparams.lr * self.hparams.backbone_lr_scale},
+            {"name": "decoder", "params": rest},
+        ]
+
+    # ----------------------------------------------------------------------------------------------- evaluation
+    def forward(self, image: Tensor) -> Tensor:
+        """Depth [B,1,H,W] in [−1,1]: the student's latent decoded by the teacher's VAE decoder."""
+        return self.decode(self.student(image, heads=("latent",))["latent"], image.shape[-2:])
+
+    def predict_depth(self, batch: Batch) -> Tensor:
+        """The student's decoded depth (affine-invariant; the evaluator aligns it)."""
+        return self(batch["image"])
+
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Score the student; on the first batch also log the teacher's one-step depth beside it."""
+        pred = self.predict_depth(batch)
+        self.val_metrics[dataloader_idx].update(pred, batch["depth"].float(), batch["valid_mask"])
+        if batch_idx == 0:
+            teacher_depth = self.decode(self.teacher_targets(batch["image"])[0], batch["image"].shape[-2:])
+            name = self._set_names["val"][dataloader_idx]
+            self._log_images(f"val_images/{name}", batch, pred, extra={"teacher": teacher_depth})

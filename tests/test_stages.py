@@ -1,0 +1,184 @@
+"""Stage 1 (latent distillation) and stage 2 (pixel refinement) tasks on tiny models and tiny data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from data_fixtures import write_hypersim
+
+from d3epth.data import DepthDataModule, HypersimDataset
+from d3epth.tasks import LatentDistillationTask, PixelRefinementTask
+from d3epth.tasks.stage1 import pad_to_multiple
+
+STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16}
+TEACHER = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults: tiny, random
+
+
+@pytest.fixture(scope="module")
+def datamodule_factory(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("data") / "hypersim"
+    write_hypersim(root, counts={"train": 4, "val": 2}, size=(32, 48))
+
+    def make() -> DepthDataModule:
+        return DepthDataModule(
+            train={"hypersim": HypersimDataset(root, split="train")},
+            val={"hypersim": HypersimDataset(root, split="val")},
+            batch_size=2,
+            val_batch_size=2,
+            num_workers=0,
+        )
+
+    return make
+
+
+def trainer(tmp_path: Path, steps: int = 2) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+
+
+def test_pad_to_multiple_pads_bottom_right() -> None:
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    padded = pad_to_multiple(x, 4)
+    assert padded.shape == (1, 1, 4, 4)
+    assert torch.equal(padded[..., :2, :3], x)
+    assert torch.equal(padded[..., 3, :3], x[..., 1, :])  # replicated last row
+    mask = pad_to_multiple(torch.ones(1, 1, 2, 3, dtype=torch.bool), 4, value=False)
+    assert mask.dtype == torch.bool and mask.sum() == 6
+
+
+def test_stage1_teacher_frozen_and_out_of_checkpoint(tmp_path: Path, datamodule_factory) -> None:
+    task = LatentDistillationTask(student=STUDENT, teacher=TEACHER, lr=1e-3, warmup_steps=1)
+    before = {k: v.clone() for k, v in task.teacher.state_dict().items()}
+    fit = trainer(tmp_path)
+    fit.fit(task, datamodule=datamodule_factory())
+
+    # No teacher parameter requires or received a gradient, none is in the optimiser, none changed.
+    assert all(not p.requires_grad and p.grad is None for p in task.teacher.parameters())
+    optimised = {id(p) for group in fit.optimizers[0].param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in task.teacher.parameters()}
+    assert optimised == {id(p) for p in task.student.parameters()}
+    for key, value in task.teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+    path = tmp_path / "stage1.ckpt"
+    fit.save_checkpoint(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    assert ckpt["d3epth_task"] == "LatentDistillationTask"
+    assert ckpt["state_dict"] and not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
+    assert any(k.startswith("student.latent_head") for k in ckpt["state_dict"])
+
+    # The checkpoint alone rebuilds the task (the teacher from its source) with the trained student.
+    restored = LatentDistillationTask.load_from_checkpoint(path, map_location="cpu")
+    for key, value in task.student.state_dict().items():
+        assert torch.equal(restored.student.state_dict()[key], value), key
+
+
+def test_stage1_loss_is_the_masked_latent_mse_to_the_teacher(datamodule_factory) -> None:
+    task = LatentDistillationTask(student=STUDENT, teacher=TEACHER).eval()
+    dm = datamodule_factory()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        student = task.student(batch["image"], heads=("latent",))["latent"]
+        target = task.teacher.predict_latent_one_step(task.teacher.encode_image(batch["image"]))
+        mask = batch["valid_mask"].float()
+        cell_valid = -torch.nn.functional.max_pool2d(-mask, 8)  # 1 where all 8x8 pixels are valid
+        cell_valid = cell_valid.expand_as(student)
+        expected = ((student - target) ** 2 * cell_valid).sum() / cell_valid.sum()
+        assert torch.allclose(task.training_step(batch, 0), expected, rtol=1e-5)
+
+
+def test_stage1_feature_distillation_builds_matching_adapters(datamodule_factory) -> None:
+    task = LatentDistillationTask(student=STUDENT, teacher=TEACHER, feature_blocks=["mid_block", "up_blocks.0"])
+    info = task.teacher.feature_info(["mid_block", "up_blocks.0"])
+    assert task.hparams.student["teacher_feature_channels"] == [
+        info["mid_block"]["channels"],
+        info["up_blocks.0"]["channels"],
+    ]
+    dm = datamodule_factory()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    loss = task.training_step(batch, 0)
+    loss.backward()
+    assert all(p.grad is not None for p in task.student.feature_adapters.parameters())
+
+
+def test_stage2_starts_from_stage1_weights(tmp_path: Path, datamodule_factory) -> None:
+    stage1 = LatentDistillationTask(student={**STUDENT, "heads": ["latent"]}, teacher=TEACHER, lr=1e-2, warmup_steps=1)
+    fit = trainer(tmp_path)
+    fit.fit(stage1, datamodule=datamodule_factory())
+    path = tmp_path / "stage1.ckpt"
+    fit.save_checkpoint(path)
+
+    stage2 = PixelRefinementTask(init_from=str(path))
+    assert stage2.hparams.student["heads"] == ["latent", "depth"]  # depth head added for the light decoder
+    trained = stage1.student.state_dict()
+    fresh = PixelRefinementTask(student={**STUDENT, "heads": ["latent", "depth"]}).student.state_dict()
+    for key, value in stage2.student.state_dict().items():
+        if key.startswith("depth_head"):
+            continue  # new in stage 2
+        assert torch.equal(value, trained[key]), key
+    differs = [k for k in trained if k in fresh and not torch.equal(trained[k], fresh[k])]
+    assert differs, "stage-1 training should have moved some weights away from a fresh initialisation"
+
+
+def test_stage2_refuses_a_checkpoint_of_the_wrong_stage(tmp_path: Path, datamodule_factory) -> None:
+    from d3epth.tasks import TeacherTask
+
+    teacher_task = TeacherTask(teacher=TEACHER, mode="e2e")
+    fit = trainer(tmp_path, steps=1)
+    fit.fit(teacher_task, datamodule=datamodule_factory())
+    path = tmp_path / "teacher.ckpt"
+    fit.save_checkpoint(path)
+    with pytest.raises(ValueError, match=r"init_from: .*teacher\.ckpt was written by TeacherTask, expected"):
+        PixelRefinementTask(init_from=str(path))
+    with pytest.raises(FileNotFoundError, match="init_from: checkpoint not found"):
+        PixelRefinementTask(init_from=str(tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.parametrize("weighting", ["uncertainty", "gradnorm"])
+def test_stage2_weighting_parameters_are_optimised_without_weight_decay(
+    tmp_path: Path, datamodule_factory, weighting: str
+) -> None:
+    task = PixelRefinementTask(
+        student={**STUDENT, "heads": ["depth"]},
+        loss={"weighting": weighting},
+        gradnorm_shared="depth_head" if weighting == "gradnorm" else None,
+        weight_decay=0.05,
+        weighting_lr=0.1,
+        warmup_steps=1,
+    )
+    weights_before = [p.detach().clone() for p in task.loss.weighting.parameters()]
+    fit = trainer(tmp_path)
+    fit.fit(task, datamodule=datamodule_factory())
+    groups = {g["name"]: g for g in fit.optimizers[0].param_groups}
+    weighting_ids = {id(p) for p in task.loss.weighting.parameters()}
+    assert weighting_ids and weighting_ids == {id(p) for p in groups["weighting"]["params"]}
+    assert groups["weighting"]["weight_decay"] == 0.0 and groups["decoder"]["weight_decay"] == 0.05
+    assert any(not torch.equal(a, b) for a, b in zip(weights_before, task.loss.weighting.parameters(), strict=True))
+
+
+def test_stage2_vae_decoder_backpropagates_through_frozen_teacher(datamodule_factory) -> None:
+    task = PixelRefinementTask(student={**STUDENT, "heads": ["latent"]}, pixel_decoder="vae", teacher=TEACHER)
+    dm = datamodule_factory()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    task.training_step(batch, 0).backward()
+    assert task.student.latent_head is not None
+    assert all(p.grad is not None for p in task.student.latent_head.parameters())
+    assert all(p.grad is None for p in task.teacher.parameters())
+    depth = task(batch["image"])
+    assert depth.shape == batch["depth"].shape and depth.abs().max() <= 1.0
