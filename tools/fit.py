@@ -56,27 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build data, model and trainer from the config, and fit. Returns the exit code."""
     args = build_parser().parse_args(argv)
 
-    import lightning as L
-
-    from d3epth.config import ConfigError, instantiate, load_config
-    from d3epth.tasks.trainer import build_trainer, resolve_resume
+    from d3epth.config import ConfigError, load_config
+    from d3epth.tasks.trainer import fit
 
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
             return 0
-        ckpt_path, version = resolve_resume(cfg, args.resume)
+        trainer = fit(cfg, resume=args.resume)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-    if cfg.get("seed_everything") is not None:
-        L.seed_everything(int(cfg.seed_everything), workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    trainer = build_trainer(cfg, version=version)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         print(f"run directory: {trainer.log_dir}")
     return 0

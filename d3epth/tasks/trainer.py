@@ -119,3 +119,26 @@ def build_trainer(cfg: DictConfig, version: int | None = None, **trainer_overrid
     trainer_kwargs = dict(to_container(cfg.get("trainer")) or {})
     trainer_kwargs.update(trainer_overrides)
     return L.Trainer(logger=logger, callbacks=callbacks, **trainer_kwargs)
+
+
+def fit(cfg: DictConfig, resume: str | None = None) -> L.Trainer:
+    """Train what a validated run config describes: seed, build data, model and trainer, fit.
+
+    Args:
+        cfg: a run config from :func:`d3epth.config.load_config`.
+        resume: ``None``, ``"last"`` or a checkpoint path (see :func:`resolve_resume`).
+
+    Returns:
+        The trainer after fitting (``trainer.log_dir`` is the run directory).
+
+    Raises:
+        ConfigError: nothing to resume from.
+    """
+    ckpt_path, version = resolve_resume(cfg, resume)
+    if cfg.get("seed_everything") is not None:
+        L.seed_everything(int(cfg.seed_everything), workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    trainer = build_trainer(cfg, version=version)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer
