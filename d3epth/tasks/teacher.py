@@ -1,0 +1,462 @@
+"""Stage [1]: train the diffusion depth teacher (Marigold objective, or E2E-FT / D²epth end-to-end fine-tuning).
+
+Two training modes of :class:`TeacherTask`, both training only the UNet (the VAE is frozen, outside the optimiser):
+
+* ``mode: diffusion`` — Marigold (Ke et al., CVPR 2024; domain brief §2): RGB and normalised depth are VAE-encoded
+  (posterior mean × scaling factor), ``t ~ U{0..T-1}`` per sample, annealed multi-resolution noise
+  (:mod:`d3epth.models.noise`), ``z_t = noise_scheduler.add_noise(z0, ε, t)``, and a masked latent MSE between the
+  UNet output and the target of the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for SD2). The latent mask drops
+  every 8×8 cell holding an invalid pixel.
+* ``mode: e2e`` — E2E-FT (Garcia et al., WACV 2025; brief §2.6): ``t = T-1 = 999``, zero depth latent, x0 from the
+  model output, decoded by the frozen VAE decoder (gradients flow through it) to depth in [-1, 1], and a pixel-space
+  loss against ``depth_norm`` on the valid mask: ``loss: ssi`` (E2E-FT's least-squares-aligned L1, fp32) or
+  ``loss: hybrid`` (D²epth: :class:`~d3epth.losses.HybridDepthLoss`, whose weighting parameters join the optimiser
+  without weight decay).
+
+Validation predicts depth with one DDIM step (trailing spacing, zero initial noise; E2E-FT's fix) in [0, 1]; the shared
+evaluator aligns it per image. :func:`load_teacher` builds a teacher from any supported source — a diffusers
+directory, a config (optionally with the VAE of an :class:`~d3epth.tasks.autoencoder.AutoencoderTask` checkpoint), or
+a :class:`TeacherTask` checkpoint — for this task, the student stages and the tools.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor
+
+from d3epth.losses import HybridDepthLoss, SSILoss, latent_distillation_loss, resolve_shared_parameters
+from d3epth.models.noise import annealed_strength, multi_res_noise
+from d3epth.models.teacher import DiffusionDepthTeacher
+from d3epth.tasks.autoencoder import load_autoencoder
+from d3epth.tasks.base import Batch, DepthTask, load_task_checkpoint, sub_state_dict
+
+__all__ = ["TEACHER_ARCH_KEY", "TeacherTask", "load_teacher", "teacher_architecture"]
+
+logger = logging.getLogger(__name__)
+
+#: Checkpoint key holding the teacher's architecture (component configs + empty-prompt embedding), so a teacher
+#: checkpoint rebuilds without the directory or autoencoder checkpoint it was first made from.
+TEACHER_ARCH_KEY = "d3epth_teacher"
+
+_MODES = ("diffusion", "e2e")
+_LOSSES = {"diffusion": ("mse",), "e2e": ("ssi", "hybrid")}
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building a teacher from a source
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _keyword_names(fn: Any) -> list[str]:
+    return [n for n, p in inspect.signature(fn).parameters.items() if n not in ("self", "cls", "path")]
+
+
+def _check_keys(keys: Any, allowed: list[str], where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(allowed))}"
+            raise ValueError(f"{where}: unknown key '{key}'{hint}")
+
+
+def _plain(value: Any) -> Any:
+    """Diffusers configs (FrozenDict, tuples) as plain containers, so checkpoints load with ``weights_only=True``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def teacher_architecture(teacher: DiffusionDepthTeacher) -> dict[str, Any]:
+    """What rebuilds ``teacher`` without its sources: UNet/VAE/scheduler configs and the empty-prompt embedding."""
+    return {
+        "unet": _plain(teacher.unet.config),
+        "vae": _plain(teacher.vae.config),
+        "scheduler": _plain(teacher.noise_scheduler.config),
+        "empty_text_embedding": teacher.empty_text_embedding.detach().float().cpu().clone(),
+        "text_source": teacher.text_source,
+    }
+
+
+def _teacher_from_architecture(arch: Mapping[str, Any]) -> DiffusionDepthTeacher:
+    unet = UNet2DConditionModel.from_config(dict(arch["unet"]))
+    vae = AutoencoderKL.from_config(dict(arch["vae"]))
+    text_source = arch.get("text_source")
+    if text_source is not None and not Path(text_source).is_dir():
+        text_source = None  # the original CLIP is gone; export falls back to the embedding stand-in
+    return DiffusionDepthTeacher(
+        unet,
+        vae,
+        dict(arch["scheduler"]),
+        arch["empty_text_embedding"],
+        timestep_spacing=None,
+        rescale_betas_zero_snr=None,
+        text_source=text_source,
+    )
+
+
+def _from_checkpoint(path: Path, purpose: str) -> DiffusionDepthTeacher:
+    checkpoint = load_task_checkpoint(path, ("TeacherTask",), purpose)
+    arch = checkpoint.get(TEACHER_ARCH_KEY)
+    if arch is not None:
+        teacher = _teacher_from_architecture(arch)
+    else:  # an older checkpoint: rebuild from the task's own teacher spec (needs its sources)
+        hp = checkpoint.get("hyper_parameters") or {}
+        if "teacher" not in hp:
+            raise ValueError(f"{purpose}: {path} holds neither '{TEACHER_ARCH_KEY}' nor a 'teacher' hyper-parameter")
+        teacher = load_teacher(hp["teacher"], purpose=f"{purpose} ({path}: hyper_parameters.teacher)")
+    state = sub_state_dict(checkpoint["state_dict"], "teacher.")
+    missing, unexpected = teacher.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{purpose}: {path} does not match the teacher it describes: "
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    return teacher
+
+
+def _from_pretrained(spec: Mapping[str, Any], purpose: str) -> DiffusionDepthTeacher:
+    kwargs = {k: v for k, v in spec.items() if k != "path"}
+    _check_keys(kwargs, _keyword_names(DiffusionDepthTeacher.from_pretrained), f"{purpose} (path spec)")
+    dtype = kwargs.get("torch_dtype")
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"{purpose}: torch_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        kwargs["torch_dtype"] = _DTYPES[dtype]
+    return DiffusionDepthTeacher.from_pretrained(Path(str(spec["path"])).expanduser(), **kwargs)
+
+
+def _from_config(spec: Mapping[str, Any], purpose: str) -> DiffusionDepthTeacher:
+    _check_keys(spec, ["config", "vae_from"], f"{purpose} (config spec)")
+    config = dict(spec["config"] or {})
+    _check_keys(config, _keyword_names(DiffusionDepthTeacher.from_config), f"{purpose}.config")
+    teacher = DiffusionDepthTeacher.from_config(**config)
+    vae_from = spec.get("vae_from")
+    if vae_from is None:
+        return teacher
+    vae = load_autoencoder(vae_from, purpose=f"{purpose}.vae_from")
+    if vae.config.latent_channels != teacher.latent_channels:
+        raise ValueError(
+            f"{purpose}.vae_from: {vae_from} has {vae.config.latent_channels} latent channels, the teacher's UNet "
+            f"expects {teacher.latent_channels} (config.latent_channels)"
+        )
+    # The vae_* entries of `config` only shaped the placeholder VAE, which the trained one replaces.
+    return DiffusionDepthTeacher(
+        teacher.unet,
+        vae,
+        dict(teacher.noise_scheduler.config),
+        teacher.empty_text_embedding,
+        timestep_spacing=None,
+        rescale_betas_zero_snr=None,
+    )
+
+
+def load_teacher(
+    source: str | Path | Mapping[str, Any], freeze: bool = False, purpose: str = "teacher"
+) -> DiffusionDepthTeacher:
+    """Build a :class:`~d3epth.models.teacher.DiffusionDepthTeacher` from a path, a config or a checkpoint.
+
+    Sources:
+
+    * ``"dir/"`` — a local diffusers directory (Marigold, E2E-FT or Stable Diffusion 2): ``from_pretrained(dir)``;
+    * ``"run.ckpt"`` — a :class:`TeacherTask` checkpoint: the architecture stored in it (or, for a checkpoint without
+      one, its ``teacher`` hyper-parameter) plus its ``teacher.*`` weights, the VAE included;
+    * ``{"path": dir, **kwargs}`` — ``from_pretrained(dir, **kwargs)`` (``timestep_spacing``,
+      ``rescale_betas_zero_snr``, ``text_embedding_file``, ``torch_dtype`` as a string, ...); a ``.ckpt`` path takes
+      no kwargs;
+    * ``{"config": {...}, "vae_from": ckpt | None}`` — ``from_config(**config)`` (random weights from its ``seed``),
+      with the VAE of an :class:`~d3epth.tasks.autoencoder.AutoencoderTask` checkpoint when ``vae_from`` is set.
+
+    Args:
+        source: one of the above.
+        freeze: call :meth:`~d3epth.models.teacher.DiffusionDepthTeacher.freeze` (eval, no gradients) before returning.
+        purpose: what the teacher is for, named in error messages (e.g. ``"model.init_args.teacher"``).
+
+    Returns:
+        The teacher on the CPU (train mode with gradients unless ``freeze``).
+
+    Raises:
+        FileNotFoundError: a named directory or checkpoint does not exist.
+        ValueError: a checkpoint written by another task, an unknown spec key, or an incompatible VAE.
+    """
+    if isinstance(source, Mapping):
+        source = dict(source)
+        if "path" in source and "config" in source:
+            raise ValueError(f"{purpose}: give either 'path' (a directory or .ckpt) or 'config', not both")
+        if "path" in source:
+            path = Path(str(source["path"])).expanduser()
+            if path.suffix == ".ckpt" or path.is_file():
+                if len(source) > 1:
+                    extra = sorted(k for k in source if k != "path")
+                    raise ValueError(f"{purpose}: a checkpoint path takes no other keys, got {extra}")
+                teacher = _from_checkpoint(path, purpose)
+            else:
+                teacher = _from_pretrained(source, purpose)
+        elif "config" in source:
+            teacher = _from_config(source, purpose)
+        else:
+            raise ValueError(
+                f"{purpose}: a teacher spec mapping needs 'path' (diffusers directory or TeacherTask .ckpt) or "
+                "'config' (DiffusionDepthTeacher.from_config arguments, optional 'vae_from'); "
+                f"got keys {sorted(source)}"
+            )
+    elif isinstance(source, str | Path):
+        path = Path(str(source)).expanduser()
+        if path.is_dir():
+            teacher = DiffusionDepthTeacher.from_pretrained(path)
+        elif path.is_file() or path.suffix == ".ckpt":
+            teacher = _from_checkpoint(path, purpose)
+        else:
+            raise FileNotFoundError(
+                f"{purpose}: {path} is neither a diffusers teacher directory nor a TeacherTask .ckpt file"
+            )
+    else:
+        raise ValueError(f"{purpose}: expected a path or a mapping, got {type(source).__name__}")
+    return teacher.freeze() if freeze else teacher
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class TeacherTask(DepthTask):
+    """Train the teacher's UNet with Marigold's diffusion objective or end to end (E2E-FT / D²epth).
+
+    The teacher spec is stored in the hyper-parameters, so ``TeacherTask.load_from_checkpoint(ckpt)`` rebuilds it from
+    the same source; the checkpoint holds all ``teacher.*`` weights (UNet *and* the frozen VAE) plus the architecture,
+    so :func:`load_teacher` rebuilds the trained teacher from the checkpoint alone.
+
+    Args:
+        teacher: teacher source, see :func:`load_teacher` (e.g. ``{path: ${oc.env:SD2_PATH}}`` or
+            ``{config: {...}, vae_from: autoencoder.ckpt}`` or a teacher ``.ckpt`` to fine-tune further).
+        mode: ``"diffusion"`` (Marigold) or ``"e2e"`` (E2E-FT single-step, pixel-space loss).
+        loss: ``"mse"`` (diffusion: masked latent MSE), ``"ssi"`` (e2e: E2E-FT's SSI-L1) or ``"hybrid"`` (e2e: D²epth's
+            HybridDepthLoss); ``None`` = ``mse`` for diffusion, ``ssi`` for e2e.
+        loss_kwargs: arguments of :class:`~d3epth.losses.SSILoss` or :class:`~d3epth.losses.HybridDepthLoss`.
+        weighting_lr: learning rate of the hybrid loss's weighting parameters (``None`` = ``lr``).
+        gradnorm_shared: UNet parameter or submodule whose gradients GradNorm balances (``weighting: gradnorm`` only).
+        timestep_spacing: override the teacher's scheduler spacing (``None`` keeps it; ``"trailing"`` is the fix
+            that makes one-step inference start at t = 999).
+        rescale_betas_zero_snr: override the zero-terminal-SNR flag of the teacher's schedule (Marigold v1-1: True;
+            ``None`` keeps it).
+        multires_noise: diffusion mode: multi-resolution noise instead of Gaussian.
+        multires_strength: s of the pyramid noise (Marigold: 0.9).
+        multires_levels: coarser levels of the pyramid (Marigold: 9).
+        annealed_noise: anneal the strength as ``s · t / T`` (Marigold).
+        gradient_checkpointing: UNet gradient checkpointing (memory for compute; E2E-FT uses it).
+        val_num_steps: DDIM steps of the validation prediction (1 = E2E-FT / Marigold v1-1 setting).
+        skip_nonfinite: skip a batch whose loss is NaN/inf instead of stepping on it (E2E-FT does the same).
+        lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
+            num_logged_images: see :class:`~d3epth.tasks.base.DepthTask` (defaults: Marigold's Adam, 3e-5, 100-step
+            warm-up, exponential decay to 1 %).
+    """
+
+    #: The task trains the teacher itself: keep all of it in checkpoints (the VAE too, so they stand alone).
+    frozen_prefixes: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        teacher: dict[str, Any] | str,
+        mode: str = "diffusion",
+        loss: str | None = None,
+        loss_kwargs: dict[str, Any] | None = None,
+        weighting_lr: float | None = None,
+        gradnorm_shared: str = "conv_out",
+        timestep_spacing: str | None = None,
+        rescale_betas_zero_snr: bool | None = None,
+        multires_noise: bool = True,
+        multires_strength: float = 0.9,
+        multires_levels: int = 9,
+        annealed_noise: bool = True,
+        gradient_checkpointing: bool = False,
+        val_num_steps: int = 1,
+        skip_nonfinite: bool = True,
+        lr: float = 3e-5,
+        weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        warmup_steps: int = 100,
+        decay_steps: int | None = None,
+        final_lr_ratio: float = 0.01,
+        benchmarks: dict[str, str] | None = None,
+        alignment: str = "depth",
+        num_logged_images: int = 4,
+    ) -> None:
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            warmup_steps=warmup_steps,
+            decay_steps=decay_steps,
+            final_lr_ratio=final_lr_ratio,
+            benchmarks=benchmarks,
+            alignment=alignment,
+            num_logged_images=num_logged_images,
+        )
+        if mode not in _MODES:
+            raise ValueError(f"TeacherTask: mode must be one of {_MODES}, got {mode!r}")
+        loss = loss or _LOSSES[mode][0]
+        if loss not in _LOSSES[mode]:
+            raise ValueError(f"TeacherTask: mode {mode!r} takes loss in {_LOSSES[mode]}, got {loss!r}")
+        if mode == "diffusion" and loss_kwargs:
+            raise ValueError("TeacherTask: loss_kwargs apply to the e2e losses (ssi, hybrid), not to mode 'diffusion'")
+        if val_num_steps < 1:
+            raise ValueError(f"TeacherTask: val_num_steps must be >= 1, got {val_num_steps}")
+        self.save_hyperparameters()
+        self.hparams.loss = loss
+
+        built = load_teacher(teacher, purpose="model.init_args.teacher")
+        if timestep_spacing is not None or rescale_betas_zero_snr is not None:
+            built = DiffusionDepthTeacher(
+                built.unet,
+                built.vae,
+                dict(built.noise_scheduler.config),
+                built.empty_text_embedding,
+                timestep_spacing=timestep_spacing,
+                rescale_betas_zero_snr=rescale_betas_zero_snr,
+                text_source=built.text_source,
+            )
+        self.teacher = built
+        # Only the UNet learns; the VAE is frozen and stays in eval mode (see train()).
+        self.teacher.vae.requires_grad_(False).eval()
+        self.teacher.unet.requires_grad_(True)
+        if gradient_checkpointing:
+            self.teacher.unet.enable_gradient_checkpointing()
+
+        self.loss_fn: SSILoss | HybridDepthLoss | None = None
+        if loss == "ssi":
+            self.loss_fn = SSILoss(**(loss_kwargs or {}))
+        elif loss == "hybrid":
+            self.loss_fn = HybridDepthLoss(**(loss_kwargs or {}))
+        self._gradnorm = loss == "hybrid" and type(self.loss_fn.weighting).__name__ == "GradNormWeighting"
+        if self._gradnorm:
+            resolve_shared_parameters(self.teacher.unet, gradnorm_shared)  # fail now on a wrong name
+
+    # ------------------------------------------------------------------------------------------------- plumbing
+    def train(self, mode: bool = True) -> TeacherTask:
+        """``nn.Module.train``, keeping the frozen VAE in eval mode."""
+        super().train(mode)
+        self.teacher.vae.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Task marker (base) plus the teacher's architecture, so :func:`load_teacher` needs no other file."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[TEACHER_ARCH_KEY] = teacher_architecture(self.teacher)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The UNet (decayed as configured) and, for the hybrid loss, its weighting (no weight decay)."""
+        groups: list[dict[str, Any]] = [{"params": list(self.teacher.unet.parameters()), "name": "unet"}]
+        if isinstance(self.loss_fn, HybridDepthLoss):
+            lr = self.hparams.weighting_lr
+            for group in self.loss_fn.weighting.param_groups(lr if lr is not None else self.hparams.lr):
+                groups.append({**group, "name": "loss_weighting"})
+        return groups
+
+    def _check_size(self, image: Tensor) -> None:
+        f = self.teacher.vae_scale_factor
+        if image.shape[-2] % f or image.shape[-1] % f:
+            raise ValueError(
+                f"TeacherTask: training images of size {tuple(image.shape[-2:])} are not multiples of the VAE factor "
+                f"{f}; set the training datasets' 'resize' (or crop) to multiples of {f}"
+            )
+
+    # ----------------------------------------------------------------------------------------- diffusion mode
+    def sample_noise(self, shape: torch.Size | tuple[int, ...], timesteps: Tensor) -> Tensor:
+        """Training noise for latents of ``shape``: annealed multi-resolution noise (Marigold) or Gaussian."""
+        hp = self.hparams
+        if not hp.multires_noise:
+            return torch.randn(shape, device=timesteps.device)
+        strength: float | Tensor = hp.multires_strength
+        if hp.annealed_noise:
+            strength = annealed_strength(timesteps, self.teacher.num_train_timesteps, hp.multires_strength)
+        return multi_res_noise(shape, strength, hp.multires_levels, device=timesteps.device)
+
+    def diffusion_target(self, z0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """Regression target of the UNet for the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for SD2)."""
+        prediction_type = self.teacher.prediction_type
+        if prediction_type == "v_prediction":
+            return self.teacher.noise_scheduler.get_velocity(z0, noise, timesteps)
+        if prediction_type == "epsilon":
+            return noise
+        return z0
+
+    def diffusion_loss(
+        self, batch: Batch, timesteps: Tensor | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Marigold's objective on a batch; ``timesteps`` [B] and ``noise`` [B,4,h,w] are drawn when not given.
+
+        Returns:
+            ``(loss, parts)`` with the masked latent MSE (mean over valid latent elements of the batch).
+        """
+        image, valid = batch["image"], batch["valid_mask"]
+        self._check_size(image)
+        with torch.no_grad():
+            rgb_latent = self.teacher.encode_image(image)
+            depth_latent = self.teacher.encode_depth(batch["depth_norm"])
+        batch_size = depth_latent.shape[0]
+        if timesteps is None:
+            timesteps = torch.randint(0, self.teacher.num_train_timesteps, (batch_size,), device=depth_latent.device)
+        if noise is None:
+            noise = self.sample_noise(depth_latent.shape, timesteps)
+        noise = noise.to(depth_latent)
+        noisy = self.teacher.noise_scheduler.add_noise(depth_latent, noise, timesteps)
+        target = self.diffusion_target(depth_latent, noise, timesteps)
+        output = self.teacher(rgb_latent, noisy, timesteps)
+        loss = latent_distillation_loss(output.float(), target.float(), valid, factor=self.teacher.vae_scale_factor)
+        return loss, {"loss_latent": loss.detach()}
+
+    # ----------------------------------------------------------------------------------------------- e2e mode
+    def e2e_prediction(self, image: Tensor) -> Tensor:
+        """Single-step (t = 999, zero latent) depth in [-1, 1], differentiable w.r.t. the UNet. [B,1,H,W]."""
+        with torch.no_grad():
+            rgb_latent = self.teacher.encode_image(image)
+        latent = self.teacher.predict_latent_one_step(rgb_latent)
+        return self.teacher.decode_depth(latent)
+
+    def e2e_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Pixel-space loss of the single-step prediction against ``depth_norm`` on ``valid_mask``."""
+        image, target, valid = batch["image"], batch["depth_norm"], batch["valid_mask"]
+        self._check_size(image)
+        pred = self.e2e_prediction(image).float()
+        if isinstance(self.loss_fn, HybridDepthLoss):
+            shared = (
+                resolve_shared_parameters(self.teacher.unet, self.hparams.gradnorm_shared) if self._gradnorm else None
+            )
+            return self.loss_fn(pred, target.float(), valid, image=image.float(), shared_parameters=shared)
+        assert self.loss_fn is not None
+        loss = self.loss_fn(pred, target.float(), valid)
+        return loss, {"loss_ssi": loss.detach()}
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        """One step of the configured objective; logs ``train/loss`` and its parts."""
+        if self.hparams.mode == "diffusion":
+            loss, parts = self.diffusion_loss(batch)
+        else:
+            loss, parts = self.e2e_loss(batch)
+        size = batch["image"].shape[0]
+        if self.hparams.skip_nonfinite and not bool(torch.isfinite(loss)):
+            logger.warning(
+                "TeacherTask: non-finite loss at step %d (%s); batch skipped", self.global_step, batch["path"]
+            )
+            return None
+        self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=size)
+        return loss
+
+    def predict_depth(self, batch: Batch) -> Tensor:
+        """Teacher depth in [0, 1] (DDIM, ``val_num_steps`` steps, zero initial noise) at the input resolution."""
+        return self.teacher.predict_depth(batch["image"], num_steps=self.hparams.val_num_steps).depth
