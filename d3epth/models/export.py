@@ -1,0 +1,286 @@
+"""Exported students: a self-contained directory that rebuilds the image → depth network without training code.
+
+``tools/export.py`` writes a trained D³epth student (stage 1, stage 2 or the no-teacher baseline) as::
+
+    <dir>/config.json         format marker, d3epth version, DepthStudent arguments, heads, pixel decoder,
+                              input / output conventions (see :func:`save_student`)
+    <dir>/model.safetensors   the student's weights (DepthStudent state dict)
+    <dir>/vae/                pixel decoder "vae" only: the teacher's AutoencoderKL in diffusers layout (its decoder
+                              turns the student's latent into depth; the encoder is kept so diffusers loads it as is)
+    <dir>/model.onnx          optional (``tools/export.py --onnx``): the same network, dynamic batch / height / width
+
+:func:`load_student` reads it back as a :class:`StudentDepthModel` — plain ``nn.Module``s (timm + diffusers), no
+Lightning, no teacher UNet. Input: RGB ``[B, 3, H, W]`` in [−1, 1], any ``H, W``. Output: affine-invariant depth
+``[B, 1, H, W]`` (larger = farther, unknown scale and shift; in [−1, 1] for the VAE decoder, unbounded for the light
+depth head).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from d3epth.models.student import DepthStudent
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "ONNX_FILE",
+    "VAE_SUBFOLDER",
+    "WEIGHTS_FILE",
+    "StudentDepthModel",
+    "decode_depth_latent",
+    "is_exported_student",
+    "load_student",
+    "read_export_config",
+    "save_student",
+]
+
+#: ``config.json`` ``format`` value that marks an exported d3epth student directory.
+FORMAT = "d3epth-student"
+#: Version of the directory layout; :func:`load_student` refuses newer ones.
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+VAE_SUBFOLDER = "vae"
+ONNX_FILE = "model.onnx"
+
+INPUT_CONVENTION: dict[str, Any] = {
+    "name": "image",
+    "layout": "NCHW",
+    "dtype": "float32",
+    "channels": "RGB",
+    "range": [-1.0, 1.0],
+    "normalisation": "x / 127.5 - 1 for 8-bit images (the model applies its backbone's mean/std itself)",
+    "size": "any height and width (padded internally at the bottom/right, output cropped back)",
+}
+
+
+def decode_depth_latent(vae: AutoencoderKL, latent: Tensor) -> Tensor:
+    """Decode a (scaled) depth latent as the teacher does: mean of the 3 decoded channels, clipped to [−1, 1].
+
+    Args:
+        vae: the teacher's autoencoder; its ``config.scaling_factor`` undoes the latent scaling.
+        latent: ``[B, 4, h, w]``, multiplied by the scaling factor.
+
+    Returns:
+        ``[B, 1, h·f, w·f]`` normalised depth in [−1, 1] (f = 8 for the SD VAE).
+    """
+    decoded = vae.decode(latent.to(vae.dtype) / float(vae.config.scaling_factor), return_dict=False)[0]
+    return decoded.mean(dim=1, keepdim=True).clamp(-1.0, 1.0)
+
+
+class StudentDepthModel(nn.Module):
+    """Image → depth: a :class:`~d3epth.models.DepthStudent` with its pixel decoder.
+
+    Args:
+        student: the student network.
+        vae: ``None`` for the ``"light"`` pixel decoder (the student's own depth head), or the teacher's autoencoder
+            for the ``"vae"`` decoder (its decoder turns the student's latent into depth, as in stage 1 and in stage 2
+            with ``pixel_decoder: vae``).
+
+    Raises:
+        ValueError: the student lacks the head its pixel decoder needs.
+    """
+
+    def __init__(self, student: DepthStudent, vae: AutoencoderKL | None = None) -> None:
+        super().__init__()
+        needed = "latent" if vae is not None else "depth"
+        if needed not in student.heads:
+            raise ValueError(
+                f"pixel decoder {'vae' if vae is not None else 'light'} needs the student's {needed!r} head, "
+                f"but the student has heads {list(student.heads)}"
+            )
+        if vae is not None:
+            assert student.latent_head is not None
+            if student.latent_head.proj.out_channels != vae.config.latent_channels:
+                raise ValueError(
+                    f"the student predicts {student.latent_head.proj.out_channels}-channel latents but the VAE "
+                    f"decodes {vae.config.latent_channels}-channel ones"
+                )
+            vae.requires_grad_(False).eval()
+        self.student = student
+        self.vae = vae
+
+    @property
+    def pixel_decoder(self) -> str:
+        """``"light"`` (student depth head) or ``"vae"`` (teacher VAE decoder on the student's latent)."""
+        return "light" if self.vae is None else "vae"
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sizes that are multiples of this need no internal padding (32 for most timm backbones)."""
+        head = "depth" if self.vae is None else "latent"
+        return self.student.pad_multiple((head,))
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Affine-invariant depth for RGB images.
+
+        Args:
+            image: ``[B, 3, H, W]`` in [−1, 1].
+
+        Returns:
+            ``[B, 1, H, W]`` depth, larger = farther (unbounded for ``light``, in [−1, 1] for ``vae``).
+        """
+        if self.vae is None:
+            return self.student(image, heads=("depth",))["depth"]
+        height, width = image.shape[-2:]
+        latent = self.student(image, heads=("latent",))["latent"]
+        # The latent grid covers the image padded to a multiple of 8 at the bottom/right: crop the decoded depth.
+        return decode_depth_latent(self.vae, latent)[..., :height, :width]
+
+
+def _json_ready(value: Any, where: str) -> Any:
+    """Plain JSON types from YAML/OmegaConf containers, tuples and scalars; anything else is an error."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_json_ready(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise ValueError(f"{where}: {type(value).__name__} value {value!r} cannot be written to {CONFIG_FILE}")
+
+
+def save_student(
+    directory: str | Path,
+    student: DepthStudent,
+    student_kwargs: Mapping[str, Any],
+    vae: AutoencoderKL | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``vae/``) for a student; see the module docstring.
+
+    ``config.json`` records: ``format`` / ``format_version``, ``d3epth_version``, ``student`` (the
+    ``DepthStudent`` keyword arguments, ``pretrained_weights`` dropped: the weights are in the file), ``heads``,
+    ``pixel_decoder`` (``"light"`` | ``"vae"``), ``vae_subfolder``, ``size_multiple``, ``input`` (RGB in [−1, 1],
+    NCHW, any size) and ``output`` (affine-invariant depth, larger = farther, and its range), plus ``source``.
+
+    Args:
+        directory: output directory (created; existing files of the same names are replaced).
+        student: the trained student.
+        student_kwargs: the arguments ``student`` was built with (a task's ``hparams["student"]``).
+        vae: the teacher's autoencoder for the ``"vae"`` pixel decoder, ``None`` for ``"light"``.
+        source: provenance written to ``config.json`` (e.g. the checkpoint path and task class).
+
+    Returns:
+        The directory.
+    """
+    from d3epth import __version__
+
+    model = StudentDepthModel(student, vae)  # validates that the pixel decoder's head exists
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kwargs = _json_ready(dict(student_kwargs), "student")
+    kwargs.pop("pretrained_weights", None)
+    bounded = vae is not None or kwargs.get("depth_activation") == "tanh"
+    depth_range = [-1.0, 1.0] if bounded else None  # None: unbounded
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "d3epth_version": __version__,
+        "student": kwargs,
+        "heads": list(student.heads),
+        "pixel_decoder": model.pixel_decoder,
+        "vae_subfolder": VAE_SUBFOLDER if vae is not None else None,
+        "size_multiple": model.size_multiple,
+        "input": INPUT_CONVENTION,
+        "output": {
+            "name": "depth",
+            "layout": "NCHW",
+            "kind": "depth",
+            "description": "affine-invariant (relative) depth, larger = farther; unknown scale and shift",
+            "range": depth_range,
+        },
+        "source": _json_ready(dict(source or {}), "source"),
+    }
+    state = {key: value.detach().cpu().contiguous() for key, value in student.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "d3epth_format": FORMAT})
+    if vae is not None:
+        vae.save_pretrained(directory / VAE_SUBFOLDER, safe_serialization=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def is_exported_student(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a ``config.json`` with the exported-student format marker."""
+    config = Path(directory) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        return False
+
+
+def read_export_config(directory: str | Path) -> dict[str, Any]:
+    """Read and check the ``config.json`` of an exported student.
+
+    Raises:
+        FileNotFoundError: no directory, no ``config.json`` or no ``model.safetensors``.
+        ValueError: unreadable JSON, another format, a newer format version, or missing keys.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"exported student directory not found: {directory}")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not an exported d3epth student: no {CONFIG_FILE}")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f'{path}: not an exported d3epth student (expected "format": "{FORMAT}")')
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {config['format_version']} is newer than this d3epth supports "
+            f"({FORMAT_VERSION}); upgrade d3epth"
+        )
+    missing = [key for key in ("student", "pixel_decoder") if key not in config]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    if config["pixel_decoder"] not in ("light", "vae"):
+        raise ValueError(f"{path}: pixel_decoder must be 'light' or 'vae', got {config['pixel_decoder']!r}")
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{directory} has {CONFIG_FILE} but no {WEIGHTS_FILE}")
+    return config
+
+
+def load_student(directory: str | Path, map_location: str | torch.device = "cpu") -> StudentDepthModel:
+    """Rebuild an exported student (see :func:`save_student`) in eval mode; nothing is downloaded.
+
+    Args:
+        directory: the exported directory.
+        map_location: device for the weights.
+
+    Returns:
+        The :class:`StudentDepthModel` (``eval()``, on ``map_location``).
+
+    Raises:
+        FileNotFoundError: missing directory or files (see :func:`read_export_config`), or a missing ``vae/``.
+        ValueError: a bad ``config.json``, or weights that do not match the configured student.
+    """
+    directory = Path(directory)
+    config = read_export_config(directory)
+    student = DepthStudent(**config["student"])
+    state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE} does not match the student in {CONFIG_FILE}: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    vae = None
+    if config["pixel_decoder"] == "vae":
+        subfolder = config.get("vae_subfolder") or VAE_SUBFOLDER
+        if not (directory / subfolder).is_dir():
+            raise FileNotFoundError(f"{directory}: pixel_decoder 'vae' needs the {subfolder}/ folder, which is missing")
+        vae = AutoencoderKL.from_pretrained(directory, subfolder=subfolder, local_files_only=True)
+    return StudentDepthModel(student, vae).to(map_location).eval()

@@ -1,0 +1,232 @@
+"""load_predictor (every model source) and the exported-student format of d3epth.models.export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from diffusers import MarigoldDepthPipeline
+from teacher_fixtures import tiny_marigold_dir, tiny_sd2_dir  # noqa: F401 (fixtures)
+
+from d3epth.models import DepthStudent, DiffusionDepthTeacher
+from d3epth.models.export import (
+    StudentDepthModel,
+    decode_depth_latent,
+    is_exported_student,
+    load_student,
+    read_export_config,
+    save_student,
+)
+from d3epth.tasks import PixelRefinementTask
+from d3epth.tasks.predictor import (
+    DepthPredictor,
+    TaskDepthPredictor,
+    TeacherDepthPredictor,
+    load_predictor,
+    processing_size,
+    student_model_from_task,
+)
+from d3epth.tasks.stage1 import LatentDistillationTask
+
+STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
+
+
+def save_task(task: L.LightningModule, path: Path) -> Path:
+    """Write the checkpoint Lightning writes for ``task`` (hyper-parameters, state dict, d3epth_task marker)."""
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
+    )
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def rand_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[PixelRefinementTask, Path]:
+    torch.manual_seed(0)
+    task = PixelRefinementTask(student=dict(STUDENT)).eval()
+    return task, save_task(task, tmp_path_factory.mktemp("stage2") / "last.ckpt")
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatentDistillationTask, Path]:
+    torch.manual_seed(1)
+    task = LatentDistillationTask(student={**STUDENT, "heads": ["latent"]}, teacher={"config": {}}).eval()
+    return task, save_task(task, tmp_path_factory.mktemp("stage1") / "last.ckpt")
+
+
+# ----------------------------------------------------------------------------------------------------------- sources
+def test_stage2_checkpoint_predicts_like_the_task(stage2: tuple[PixelRefinementTask, Path]) -> None:
+    task, path = stage2
+    predictor = load_predictor(path)
+    assert isinstance(predictor, TaskDepthPredictor)
+    assert predictor.kind == "depth" and predictor.name.endswith("last") and predictor.source == str(path)
+    assert predictor.size_multiple == task.student.pad_multiple(("depth",)) == 32
+    image = rand_image(2, 37, 45)
+    with torch.no_grad():
+        expected = task.predict_depth({"image": image})
+    depth = predictor.predict(image)
+    assert depth.shape == (2, 1, 37, 45) and depth.dtype == torch.float32
+    torch.testing.assert_close(depth, expected, rtol=0, atol=0)
+    assert float(depth.std()) > 0  # a real map, not a constant
+
+
+def test_stage1_checkpoint_decodes_the_latent_with_the_teacher_vae(
+    stage1: tuple[LatentDistillationTask, Path],
+) -> None:
+    task, path = stage1
+    image = rand_image(1, 40, 27)
+    with torch.no_grad():
+        latent = task.student(image, heads=("latent",))["latent"]
+        expected = task.teacher.decode_depth(latent)[..., :40, :27]  # the teacher's own decoding, cropped
+    torch.testing.assert_close(load_predictor(path).predict(image), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_processing_resolution_runs_the_model_at_the_rounded_size(stage2: tuple[PixelRefinementTask, Path]) -> None:
+    # 60x100 at 50 with multiple 32: scale 0.5 -> 30 x 50 -> rounded to 32 x 64; back to 60x100 afterwards.
+    assert processing_size(60, 100, 50, 32) == (32, 64)
+    assert processing_size(375, 1242, 768, 32) == (224, 768)  # 231.9 -> 224
+    assert processing_size(10, 10, 4, 32) == (32, 32)  # never below one multiple
+    predictor = load_predictor(stage2[1], processing_resolution=50)
+    seen: list[tuple[int, ...]] = []
+    handle = predictor.task.student.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        assert predictor.predict(rand_image(1, 60, 100)).shape == (1, 1, 60, 100)
+        assert predictor.predict(rand_image(1, 60, 100), processing_resolution=0).shape == (1, 1, 60, 100)
+    finally:
+        handle.remove()
+    assert seen == [(1, 3, 32, 64), (1, 3, 60, 100)]
+
+
+def test_diffusers_directory_matches_marigold_pipeline(tiny_marigold_dir: Path) -> None:  # noqa: F811
+    predictor = load_predictor(tiny_marigold_dir)
+    assert isinstance(predictor, TeacherDepthPredictor) and predictor.num_steps == 1
+    image = rand_image(1, 24, 40)
+    depth = predictor.predict(image)
+    # Independent reference: diffusers' own pipeline, one step from zero latents (E2E-FT), native resolution.
+    pipeline = MarigoldDepthPipeline.from_pretrained(tiny_marigold_dir, local_files_only=True)
+    reference = pipeline(
+        (image + 1) / 2,
+        num_inference_steps=1,
+        processing_resolution=0,
+        latents=torch.zeros(1, 4, 3, 5),
+        output_type="pt",
+    ).prediction
+    assert depth.shape == (1, 1, 24, 40)
+    assert 0.0 <= float(depth.min()) and float(depth.max()) <= 1.0
+    torch.testing.assert_close(depth, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_ensemble_is_seeded(tiny_marigold_dir: Path) -> None:  # noqa: F811
+    image = rand_image(1, 16, 16)
+    predictor = load_predictor(tiny_marigold_dir, ensemble_size=3, seed=3)
+    a, b = predictor.predict(image), predictor.predict(image)  # reseeded per call: batching order does not matter
+    predictor.seed = 4
+    c = predictor.predict(image)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not torch.equal(a, c)
+
+
+def test_moved_teacher_source_is_named_and_can_be_overridden(
+    tmp_path: Path,
+    tiny_marigold_dir: Path,  # noqa: F811
+) -> None:
+    teacher_dir = shutil.copytree(tiny_marigold_dir, tmp_path / "teacher")
+    task = LatentDistillationTask(student={**STUDENT, "heads": ["latent"]}, teacher=str(teacher_dir)).eval()
+    path = save_task(task, tmp_path / "stage1.ckpt")
+    moved = teacher_dir.rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match=r"stage1\.ckpt.*--teacher"):
+        load_predictor(path)
+    image = rand_image(1, 16, 24)
+    with torch.no_grad():
+        expected = task.predict_depth({"image": image})
+    torch.testing.assert_close(load_predictor(path, teacher=moved).predict(image), expected, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------- export format
+def test_exported_student_round_trip(tmp_path: Path, stage2: tuple[PixelRefinementTask, Path]) -> None:
+    task = stage2[0]
+    model, kwargs = student_model_from_task(task)
+    assert model.pixel_decoder == "light" and kwargs == {**STUDENT}
+    save_student(tmp_path / "exp", task.student, {**kwargs, "pretrained_weights": "/nowhere.pth"})
+    config = read_export_config(tmp_path / "exp")
+    assert is_exported_student(tmp_path / "exp")
+    assert config["student"] == STUDENT  # the weights path is dropped: the weights are in model.safetensors
+    assert config["pixel_decoder"] == "light" and config["heads"] == ["depth"] and config["size_multiple"] == 32
+    assert config["input"]["range"] == [-1.0, 1.0] and "affine-invariant" in config["output"]["description"]
+    loaded = load_student(tmp_path / "exp")
+    assert isinstance(loaded, StudentDepthModel) and not loaded.training
+    image = rand_image(2, 33, 50)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), task(image), rtol=0, atol=0)
+    predictor = load_predictor(tmp_path / "exp")
+    torch.testing.assert_close(predictor.predict(image), task(image), rtol=0, atol=0)
+
+
+def test_exported_vae_student_decodes_like_the_teacher(
+    tmp_path: Path, stage1: tuple[LatentDistillationTask, Path]
+) -> None:
+    task = stage1[0]
+    model, kwargs = student_model_from_task(task)
+    assert model.pixel_decoder == "vae"
+    latent = torch.randn(1, 4, 3, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(decode_depth_latent(model.vae, latent), task.teacher.decode_depth(latent))
+    save_student(tmp_path / "exp", model.student, kwargs, model.vae)
+    assert (tmp_path / "exp" / "vae" / "config.json").is_file()
+    image = rand_image(1, 21, 35)
+    with torch.no_grad():
+        torch.testing.assert_close(load_student(tmp_path / "exp")(image), task(image), rtol=1e-6, atol=1e-6)
+
+
+def test_student_model_refuses_a_missing_head() -> None:
+    student = DepthStudent(**STUDENT)
+    vae = DiffusionDepthTeacher.from_config().vae
+    with pytest.raises(ValueError, match="'latent' head"):
+        StudentDepthModel(student, vae)
+
+
+# ------------------------------------------------------------------------------------------------------------ errors
+def test_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"model source not found: .*nothing_here"):
+        load_predictor(tmp_path / "nothing_here")
+
+
+def test_directory_that_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.txt").write_text("hi")
+    with pytest.raises(ValueError, match=r"photos is not a model directory"):
+        load_predictor(tmp_path / "photos")
+
+
+def test_stable_diffusion_directory_is_not_a_depth_model(tiny_sd2_dir: Path) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="Stable Diffusion"):
+        load_predictor(tiny_sd2_dir)
+
+
+def test_checkpoint_of_the_wrong_kind(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(ValueError, match=r"plain\.ckpt is not a d3epth task checkpoint"):
+        load_predictor(plain)
+    autoencoder = tmp_path / "ae.ckpt"
+    torch.save({"d3epth_task": "AutoencoderTask", "state_dict": {}, "hyper_parameters": {}}, autoencoder)
+    with pytest.raises(ValueError, match=r"ae\.ckpt is an AutoencoderTask checkpoint"):
+        load_predictor(autoencoder)
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"cannot read checkpoint .*corrupt\.ckpt"):
+        load_predictor(corrupt)
+
+
+def test_bad_image_shape(stage2: tuple[PixelRefinementTask, Path]) -> None:
+    predictor: DepthPredictor = load_predictor(stage2[1])
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        predictor.predict(torch.zeros(1, 4, 8, 8))
