@@ -16,11 +16,14 @@ YAML (``class_path`` nodes nest; the datasets are built before the datamodule)::
           nyu: {class_path: d3epth.data.NYUv2Dataset, init_args: {root: sample_data/nyuv2}}
         batch_size: 2
         num_workers: 2
+        teacher_cache: cache/stage1_teacher   # optional: stage-1 targets from tools/cache_teacher.py
 
 Training: every batch comes from one training set (:class:`~d3epth.data.sampler.MixedBatchSampler`), so sets of
 different resolutions mix. Horizontal flip (``hflip_p``) and ``train_transforms`` are applied to training sets only,
-before ``depth_norm`` is computed. Validation and test: one ``DataLoader`` per named set, in the order given, not
-shuffled, not augmented; ``val_set_names`` / ``test_set_names`` name them (dataloader index i <-> name i).
+before ``depth_norm`` is computed. With ``teacher_cache`` (see :mod:`d3epth.data.teacher_cache`) every training sample
+also gets ``teacher_latent`` [4,⌈H/8⌉,⌈W/8⌉], the cached target of the image as flipped or not. Validation and test:
+one ``DataLoader`` per named set, in the order given, not shuffled, not augmented; ``val_set_names`` /
+``test_set_names`` name them (dataloader index i <-> name i).
 
 DDP: the trainer must run with ``use_distributed_sampler: false`` (``configs/base.yaml`` sets it; the datamodule
 raises otherwise). The training sampler then takes rank and world size from the attached trainer (else
@@ -32,18 +35,21 @@ or ``self.log(..., on_step=False)``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.hypersim import HypersimDataset
 from d3epth.data.sampler import MixedBatchSampler, default_rank_world
-from d3epth.data.transforms import Compose, HorizontalFlip, Sample, Transform
+from d3epth.data.teacher_cache import TeacherCache, check_cacheable, teacher_fingerprint
+from d3epth.data.transforms import FLIP_PAIRS, Compose, HorizontalFlip, Sample, Transform
 from d3epth.data.vkitti2 import VirtualKITTI2Dataset
 
 #: Marigold's training mix (``prob_ls: [0.9, 0.1]``), used when ``train_probabilities`` is not given and the
@@ -75,7 +81,9 @@ class AugmentedDataset(Dataset):
 
     For a :class:`~d3epth.data.base.BaseDepthDataset` the augmentation runs between its geometry and
     ``finalize`` (so a random crop changes the normalisation quantiles, as it should); for any other dataset it runs
-    on the finished sample (fine for flips, which do not change the quantiles).
+    on the finished sample (fine for flips, which do not change the quantiles). The precomputed mirror-image partners
+    of :data:`~d3epth.data.transforms.FLIP_PAIRS` (the teacher cache's ``teacher_latent_flipped``) only serve the flip
+    and are dropped from the returned sample.
 
     Args:
         dataset: the dataset to wrap.
@@ -91,8 +99,11 @@ class AugmentedDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         if isinstance(self.dataset, BaseDepthDataset):
-            return self.dataset.get_sample(index, augment=self.augment)
-        return self.augment(self.dataset[index])
+            sample = self.dataset.get_sample(index, augment=self.augment)
+        else:
+            sample = self.augment(self.dataset[index])
+        partners = FLIP_PAIRS.values()
+        return {key: value for key, value in sample.items() if key not in partners}
 
 
 class ShardSampler(Sampler[int]):
@@ -147,6 +158,10 @@ class DepthDataModule(L.LightningDataModule):
         train_transforms: further joint transforms for training samples (e.g. ``RandomCrop``), after the flip.
         drop_last: drop each training set's last incomplete batch.
         seed: seed of the batch order (with the epoch) and of the worker RNGs (with the rank).
+        teacher_cache: directory written by ``tools/cache_teacher.py``: training samples then carry the cached stage-1
+            target ``teacher_latent`` (of the flipped image when flipped), and stage 1 does not run the teacher on
+            them. Every training set must be cached, configured as when cached, and without ``train_transforms``;
+            at ``fit`` the task's teacher must have the cache's weight fingerprint.
     """
 
     def __init__(
@@ -166,6 +181,7 @@ class DepthDataModule(L.LightningDataModule):
         train_transforms: Sequence[Transform] | None = None,
         drop_last: bool = True,
         seed: int = 2024,
+        teacher_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.train_sets = _check_sets(train, "train")
@@ -185,9 +201,18 @@ class DepthDataModule(L.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
         self.train_probabilities = self._resolve_probabilities(train_probabilities)
+        self.hflip_p = float(hflip_p)
+        self.train_transforms: list[Transform] = list(train_transforms or [])
         augments: list[Transform] = [HorizontalFlip(hflip_p)] if hflip_p > 0 else []
-        augments.extend(train_transforms or [])
+        augments.extend(self.train_transforms)
         self.train_augment: Transform | None = Compose(augments) if augments else None
+        self.teacher_cache: TeacherCache | None = None
+        if teacher_cache is not None:
+            check_cacheable(self.train_sets, self.train_transforms)
+            self.teacher_cache = TeacherCache(teacher_cache)
+            for name, dataset in self.train_sets.items():
+                self.teacher_cache.check_dataset(name, dataset)
+        self._cache_teacher_checked: int | None = None
 
     # ------------------------------------------------------------------ names
 
@@ -281,13 +306,39 @@ class DepthDataModule(L.LightningDataModule):
             rank=rank,
         )
 
+    def _augment_for(self, name: str) -> Transform | None:
+        """Training-time transform of set ``name``: cache lookup (before the flip, which swaps), then augmentation."""
+        if self.teacher_cache is None:
+            return self.train_augment
+        lookup = self.teacher_cache.lookup(name)
+        return Compose([lookup, self.train_augment]) if self.train_augment is not None else lookup
+
     def train_dataset(self) -> ConcatDataset:
         """The training sets (augmented) concatenated in ``train_set_names`` order."""
-        sets: list[Dataset] = [
-            AugmentedDataset(d, self.train_augment) if self.train_augment is not None else d
-            for d in self.train_sets.values()
-        ]
+        sets: list[Dataset] = []
+        for name, dataset in self.train_sets.items():
+            augment = self._augment_for(name)
+            sets.append(AugmentedDataset(dataset, augment) if augment is not None else dataset)
         return ConcatDataset(sets)
+
+    def _check_cache_teacher(self) -> None:
+        """Refuse a teacher cache computed with another teacher than the attached task's (by weight fingerprint)."""
+        trainer = self.trainer
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        teacher = getattr(module, "teacher", None)
+        if self.teacher_cache is None or not isinstance(teacher, nn.Module):
+            return
+        if self._cache_teacher_checked == id(teacher):
+            return
+        source = getattr(module, "hparams", {}).get("teacher")
+        self.teacher_cache.check_teacher(teacher_fingerprint(teacher), source)
+        self._cache_teacher_checked = id(teacher)
+        if getattr(module, "feature_blocks", None):
+            warnings.warn(
+                f"teacher_cache {self.teacher_cache.root}: the task distils UNet features "
+                f"({module.feature_blocks}), so it runs the teacher every step anyway and ignores the cached latents",
+                stacklevel=2,
+            )
 
     def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
         rank, world = self._rank_world()
@@ -307,6 +358,11 @@ class DepthDataModule(L.LightningDataModule):
         return loaders
 
     # ------------------------------------------------------------------ Lightning hooks
+
+    def setup(self, stage: str) -> None:
+        """For ``fit`` with a teacher cache: check the cache against the task's teacher."""
+        if stage == "fit":
+            self._check_cache_teacher()
 
     def train_dataloader(self) -> DataLoader:
         """One loader over all training sets, batches from :meth:`train_sampler`."""

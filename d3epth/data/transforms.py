@@ -32,6 +32,10 @@ IMAGE_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "area", "nearest
 #: Quantiles of Marigold's ScaleShiftDepthNormalizer.
 NORM_QUANTILES: tuple[float, float] = (0.02, 0.98)
 
+#: Sample keys with a precomputed counterpart for the mirrored image (``key -> partner``). :class:`HorizontalFlip`
+#: swaps the two instead of mirroring them; the datamodule drops the partner after augmentation.
+FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped"}
+
 
 def _size_of(sample: Sample) -> tuple[int, int]:
     """Spatial size ``(H, W)`` of the sample's image (or depth when there is no image)."""
@@ -174,7 +178,8 @@ class HorizontalFlip:
     """Mirror every raster left-right with probability ``p`` (Marigold's only depth augmentation, p = 0.5).
 
     Flips *every* 3-D tensor in the sample, whatever its size (a mirrored latent grid stays aligned with a mirrored
-    image). ``intrinsics`` get ``cx' = W - 1 - cx``.
+    image), except the pairs of :data:`FLIP_PAIRS` present together (a cached teacher target and the target of the
+    mirrored image), which are swapped. ``intrinsics`` get ``cx' = W - 1 - cx``.
 
     Args:
         p: probability of flipping, in [0, 1].
@@ -190,8 +195,16 @@ class HorizontalFlip:
             return sample
         _, width = _size_of(sample)
         out = dict(sample)
+        swapped: set[str] = set()
+        for key, partner in FLIP_PAIRS.items():
+            if key in sample and partner in sample:
+                # Swap, don't flip: the diffusion teacher is not flip-equivariant, so the target for the mirrored image
+                # is the teacher's output *for the mirrored image* (precomputed by the teacher cache), which differs
+                # from the mirror of its output for the original image.
+                out[key], out[partner] = sample[partner], sample[key]
+                swapped.update((key, partner))
         for key, value in sample.items():
-            if isinstance(value, Tensor) and value.ndim == 3:
+            if key not in swapped and isinstance(value, Tensor) and value.ndim == 3:
                 out[key] = value.flip(-1)
         if "intrinsics" in sample:
             k = sample["intrinsics"].clone()
