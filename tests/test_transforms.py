@@ -159,10 +159,18 @@ def test_compose_applies_in_order() -> None:
 
 def test_mismatched_raster_refused_but_flipped() -> None:
     s = coordinate_sample()
-    s["teacher_latent"] = torch.randn(4, 3, 2)
-    with pytest.raises(ValueError, match=r"'teacher_latent' has spatial size \(3, 2\).*image is \(12, 16\)"):
+    s["latent_grid"] = torch.randn(4, 3, 2)
+    with pytest.raises(ValueError, match=r"'latent_grid' has spatial size \(3, 2\).*image is \(12, 16\)"):
         Resize([6, 8])(s)
-    assert torch.equal(HorizontalFlip(1.0)(s)["teacher_latent"], s["teacher_latent"].flip(-1))
+    assert torch.equal(HorizontalFlip(1.0)(s)["latent_grid"], s["latent_grid"].flip(-1))
+
+
+def test_lone_teacher_target_is_not_mirrored() -> None:
+    s = coordinate_sample()
+    s["teacher_latent"] = torch.randn(4, 3, 2)
+    with pytest.raises(ValueError, match=r"'teacher_latent' without 'teacher_latent_flipped'.*not flip-equivariant"):
+        HorizontalFlip(1.0)(s)
+    assert HorizontalFlip(0.0)(s) is s  # no flip, nothing to refuse
 
 
 def test_bad_arguments() -> None:

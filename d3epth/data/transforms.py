@@ -178,8 +178,8 @@ class HorizontalFlip:
     """Mirror every raster left-right with probability ``p`` (Marigold's only depth augmentation, p = 0.5).
 
     Flips *every* 3-D tensor in the sample, whatever its size (a mirrored latent grid stays aligned with a mirrored
-    image), except the pairs of :data:`FLIP_PAIRS` present together (a cached teacher target and the target of the
-    mirrored image), which are swapped. ``intrinsics`` get ``cx' = W - 1 - cx``.
+    image), except the pairs of :data:`FLIP_PAIRS` (a cached teacher target and the target of the mirrored image),
+    which are swapped; one of a pair without the other is an error. ``intrinsics`` get ``cx' = W - 1 - cx``.
 
     Args:
         p: probability of flipping, in [0, 1].
@@ -197,7 +197,13 @@ class HorizontalFlip:
         out = dict(sample)
         swapped: set[str] = set()
         for key, partner in FLIP_PAIRS.items():
-            if key in sample and partner in sample:
+            if key in sample and partner not in sample:
+                raise ValueError(
+                    f"HorizontalFlip: sample has '{key}' without '{partner}'; a teacher target cannot be mirrored (the "
+                    "teacher is not flip-equivariant). Cache both flip states with tools/cache_teacher.py, or set "
+                    "hflip_p: 0"
+                )
+            if key in sample:
                 # Swap, don't flip: the diffusion teacher is not flip-equivariant, so the target for the mirrored image
                 # is the teacher's output *for the mirrored image* (precomputed by the teacher cache), which differs
                 # from the mirror of its output for the original image.
