@@ -89,6 +89,33 @@ def test_stage1_checkpoint_decodes_the_latent_with_the_teacher_vae(
     torch.testing.assert_close(load_predictor(path).predict(image), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_stage2_checkpoint_loads_after_its_stage1_checkpoint_is_gone(
+    tmp_path: Path, stage1: tuple[LatentDistillationTask, Path]
+) -> None:
+    init = shutil.copy(stage1[1], tmp_path / "stage1.ckpt")
+    task = PixelRefinementTask(init_from=str(init)).eval()  # stage-1 student + a new light depth head
+    path = save_task(task, tmp_path / "stage2.ckpt")
+    Path(init).unlink()  # init_from only seeds training; the stage-2 checkpoint holds all the student weights
+    image = rand_image(1, 20, 33)
+    with torch.no_grad():
+        expected = task.predict_depth({"image": image})
+    torch.testing.assert_close(load_predictor(path).predict(image), expected, rtol=0, atol=0)
+
+
+def test_teacher_task_checkpoint_is_a_diffusion_predictor(tmp_path: Path) -> None:
+    from d3epth.tasks.teacher import TeacherTask
+
+    task = TeacherTask(teacher={"config": {}})
+    with torch.no_grad():  # "trained": differs from what its config builds, so the weights must come from the file
+        task.teacher.unet.conv_out.bias.add_(0.3)
+    path = save_task(task, tmp_path / "teacher.ckpt")
+    predictor = load_predictor(path)
+    assert isinstance(predictor, TeacherDepthPredictor)
+    image = rand_image(1, 24, 16)
+    expected = task.teacher.freeze().predict_depth(image, num_steps=1).depth
+    torch.testing.assert_close(predictor.predict(image), expected, rtol=1e-6, atol=1e-6)
+
+
 def test_processing_resolution_runs_the_model_at_the_rounded_size(stage2: tuple[PixelRefinementTask, Path]) -> None:
     # 60x100 at 50 with multiple 32: scale 0.5 -> 30 x 50 -> rounded to 32 x 64; back to 60x100 afterwards.
     assert processing_size(60, 100, 50, 32) == (32, 64)

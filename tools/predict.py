@@ -234,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _batches(
     loader: Iterator[tuple[int, torch.Tensor | None, str | None]], batch_size: int
 ) -> Iterator[tuple[list[int], list[torch.Tensor], list[tuple[int, str]]]]:
-    """Group consecutive same-size images into batches; errors travel with the batch they occurred before."""
+    """Group consecutive same-size images into batches; an unreadable image comes alone, after the batch before it."""
     indices: list[int] = []
     tensors: list[torch.Tensor] = []
     for index, image, error in loader:
         if error is not None:
-            yield indices, tensors, [(index, error)]
+            if tensors:
+                yield indices, tensors, []
+            yield [], [], [(index, error)]
             indices, tensors = [], []
             continue
         assert image is not None
