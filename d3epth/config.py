@@ -266,13 +266,31 @@ def _validate_nested(node: Any, where: str, source: str, cli_keys: set[str]) -> 
 
 
 def _signature_params(cls: Callable[..., Any]) -> dict[str, inspect.Parameter]:
-    """Constructor parameters of ``cls`` (without ``self``)."""
-    target = cls.__init__ if inspect.isclass(cls) else cls  # type: ignore[misc]
-    return {
-        name: p
-        for name, p in inspect.signature(target).parameters.items()
-        if name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL
-    }
+    """Constructor parameters of ``cls`` (without ``self``).
+
+    A constructor that takes ``**kwargs`` and hands them to its base class (``super().__init__(**kwargs)``, as the
+    d3epth tasks do) accepts the base constructor's parameters too: they are collected along the MRO until a
+    constructor without ``**kwargs``, so misspelt keys are still caught. ``**kwargs`` stays in the result only when
+    the chain never closes (the class really accepts anything).
+    """
+    if not inspect.isclass(cls):
+        targets = [cls]
+    else:
+        targets = [klass.__dict__["__init__"] for klass in cls.__mro__ if "__init__" in klass.__dict__]
+    params: dict[str, inspect.Parameter] = {}
+    open_kwargs: inspect.Parameter | None = None
+    for target in targets:
+        open_kwargs = None
+        for name, p in inspect.signature(target).parameters.items():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                open_kwargs = p
+            elif name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL:
+                params.setdefault(name, p)
+        if open_kwargs is None or target is object.__init__:
+            break
+    if open_kwargs is not None:
+        params[open_kwargs.name] = open_kwargs
+    return params
 
 
 def _import(class_path: str, where: str, check_prefix: bool) -> Any:

@@ -198,3 +198,13 @@ def test_repository_configs_are_valid() -> None:
     for path in sorted(root.rglob("*.yaml")):
         if path.name != "base.yaml":
             load_config(path)
+
+
+def test_keys_passed_through_kwargs_to_the_base_class_are_validated(tmp_path: Path) -> None:
+    """Tasks hand **kwargs to DepthTask: its arguments are accepted, misspellings of them are not."""
+    node = "model:\n  class_path: d3epth.tasks.PixelRefinementTask\n  init_args:\n    student: {backbone: x}\n"
+    good = write(tmp_path / "good.yaml", node + "    warmup_steps: 3\n    lr: 0.1\n")
+    assert load_config(good).model.init_args.warmup_steps == 3
+    bad = write(tmp_path / "bad.yaml", node + "    lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'lrr' in 'model.init_args'; did you mean 'lr'\?"):
+        load_config(bad)
