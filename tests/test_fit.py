@@ -51,7 +51,7 @@ trainer:
   enable_model_summary: false
 logger:
   save_dir: {logs}
-last_checkpoint_every_n_steps: 1
+last_checkpoint_every_n_steps: 2
 """
 
 
@@ -95,6 +95,9 @@ def test_fit_trains_writes_run_dir_and_resumes(
         assert key in logged, f"{key} not logged; got {sorted(logged)}"
 
     # Resume: continues from step 2 to 4 in the same run directory, with the optimiser state restored.
+    # max_steps=3 is not a multiple of last_checkpoint_every_n_steps=2: the end of training still saves last.ckpt.
+    assert fit.main(["--config", str(tiny_config), "trainer.max_steps=3", "--resume", "last"]) == 0
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
     assert fit.main(["--config", str(tiny_config), "trainer.max_steps=4", "--resume", "last"]) == 0
     assert not (tmp_path / "logs" / "tiny" / "version_1").exists()
     resumed = torch.load(last, map_location="cpu", weights_only=False)

@@ -44,6 +44,31 @@ class SaveResolvedConfig(Callback):
         checkpoint[CONFIG_KEY] = self.yaml
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``checkpoints/last.ckpt``: every N optimiser steps, on an exception or Ctrl-C, and at the end of training.
+
+    Lightning's step-interval saving alone misses the final steps when ``max_steps`` is not a multiple of N, so the
+    end of training saves too: a finished run's ``last.ckpt`` is always its final state.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_train_steps: int = 0) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_train_steps=every_n_train_steps or None,
+            save_on_exception=True,
+            enable_version_counter=False,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
+            return
+        self._save_checkpoint(trainer, self.format_checkpoint_name({}))
+        self._last_global_step_saved = trainer.global_step
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """``<logger.save_dir>/<run_name>``: the folder holding this run's ``version_<n>`` directories."""
     save_dir = to_container(cfg.get("logger", {})).get("save_dir", "lightning_logs")
@@ -101,15 +126,7 @@ def build_trainer(cfg: DictConfig, version: int | None = None, **trainer_overrid
     logger = TensorBoardLogger(name=str(cfg.run_name), version=version, **logger_kwargs)
     ckpt_dir = Path(logger.log_dir) / "checkpoints"
 
-    last = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="last",
-        monitor=None,
-        save_top_k=1,
-        every_n_train_steps=int(cfg.get("last_checkpoint_every_n_steps") or 0) or None,
-        save_on_exception=True,
-        enable_version_counter=False,
-    )
+    last = LastCheckpoint(ckpt_dir, every_n_train_steps=int(cfg.get("last_checkpoint_every_n_steps") or 0))
     callbacks: list[Callback] = [last, SaveResolvedConfig(cfg)]
     best_kwargs = dict(to_container(cfg.get("checkpoint")) or {})
     if best_kwargs.get("monitor"):
