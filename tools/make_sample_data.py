@@ -179,12 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--hypersim-scenes",
         type=int,
         nargs=3,
-        default=[8, 2, 2],
+        default=[40, 6, 6],
         metavar=("TRAIN", "VAL", "TEST"),
-        help="Hypersim scenes per split (default 8 2 2)",
+        # Many scenes with few frames each: a model trained on a handful of rooms memorises them instead of learning
+        # depth (the sample teacher's held-out AbsRel went from 15.9 % with 8 rooms to 11.8 % with 40).
+        help="Hypersim scenes per split (default 40 6 6)",
     )
-    p.add_argument("--hypersim-cameras", type=int, default=2, help="camera trajectories per scene (default 2)")
-    p.add_argument("--hypersim-frames", type=int, default=8, help="frames per camera trajectory (default 8)")
+    p.add_argument("--hypersim-cameras", type=int, default=1, help="camera trajectories per scene (default 1)")
+    p.add_argument("--hypersim-frames", type=int, default=4, help="frames per camera trajectory (default 4)")
     p.add_argument(
         "--hypersim-size",
         type=int,
