@@ -94,6 +94,12 @@ def test_fit_trains_writes_run_dir_and_resumes(
     ):
         assert key in logged, f"{key} not logged; got {sorted(logged)}"
 
+    # Hyper-parameters are recorded with the final validation metrics (TensorBoard's HPARAMS tab).
+    events = EventAccumulator(str(run)).Reload()
+    hparams = [t for t in events.Tags().get("tensors", []) if "hparams" in t] + list(events.summary_metadata)
+    assert any("_hparams_/session_start_info" in t for t in hparams)
+    assert logged["hp/abs_rel"][-1][1] == pytest.approx(logged["val/abs_rel"][-1][1])
+
     # Resume: continues from step 2 to 4 in the same run directory, with the optimiser state restored.
     # max_steps=3 is not a multiple of last_checkpoint_every_n_steps=2: the end of training still saves last.ckpt.
     assert fit.main(["--config", str(tiny_config), "trainer.max_steps=3", "--resume", "last"]) == 0

@@ -182,3 +182,26 @@ def test_stage2_vae_decoder_backpropagates_through_frozen_teacher(datamodule_fac
     assert all(p.grad is None for p in task.teacher.parameters())
     depth = task(batch["image"])
     assert depth.shape == batch["depth"].shape and depth.abs().max() <= 1.0
+
+
+def test_light_head_first_fitted_to_the_vae_decoder_output(datamodule_factory) -> None:
+    """With fit_light_to_vae_steps, the first steps regress the light head onto the VAE decoding of the latent."""
+    from d3epth.losses import ssi_loss
+
+    task = PixelRefinementTask(
+        student={**STUDENT, "heads": ["latent", "depth"]}, teacher=TEACHER, fit_light_to_vae_steps=5
+    )
+    dm = datamodule_factory()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    loss = task.training_step(batch, 0)  # global_step 0 < 5: the VAE-fitting objective
+    with torch.no_grad():
+        outputs = task.student(batch["image"], heads=("latent", "depth"))
+        vae_depth = task.teacher.decode_depth(outputs["latent"])[
+            ..., : batch["image"].shape[-2], : batch["image"].shape[-1]
+        ]
+        expected = ssi_loss(outputs["depth"], vae_depth, torch.ones_like(vae_depth, dtype=torch.bool))
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in task.student.latent_head.parameters())  # the VAE target is detached
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.student.depth_head.parameters())

@@ -131,6 +131,7 @@ class DepthTask(L.LightningModule):
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
         self._set_names: dict[str, list[str]] = {"val": [], "test": []}
+        self._final_val_metrics: dict[str, float] = {}  # the first validation set's last metrics, for hparams
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -211,6 +212,8 @@ class DepthTask(L.LightningModule):
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
                 values = metrics.compute()
             metrics.reset()
+            if idx == 0 and split == "val" and not self.trainer.sanity_checking:
+                self._final_val_metrics = {f"hp/{key}": float(value) for key, value in values.items()}
             for key, value in values.items():
                 self.log(f"{split}/{name}/{key}", value, sync_dist=False, add_dataloader_idx=False)
                 if idx == 0:
@@ -223,6 +226,11 @@ class DepthTask(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+
+    def on_fit_end(self) -> None:
+        """Record the hyper-parameters with the last validation metrics (TensorBoard's HPARAMS tab: ``hp/<metric>``)."""
+        if self.logger is not None and self._final_val_metrics:
+            self.logger.log_hyperparams(self.hparams, metrics=self._final_val_metrics)
 
     # ----------------------------------------------------------------------------------------------------- logging
     @torch.no_grad()
