@@ -1,5 +1,5 @@
-"""Tests of tools/prepare_hypersim.py: conversions against hand-worked values, the render → raw → PNG round trip,
-Marigold's filter, resumability and error reporting."""
+"""Tests of d3epth.data.hypersim_prepare and tools/prepare_hypersim.py: conversions against hand-worked values, the
+render → raw → PNG round trip, Marigold's filter, resumability and error reporting."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from d3epth.data import hypersim_prepare as ph
 from d3epth.data import synthetic as S
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tools/ is a folder of scripts, importable from the repository root
     sys.path.insert(0, str(ROOT))
 
-from tools import prepare_hypersim as ph  # noqa: E402
+from tools import prepare_hypersim as tool  # noqa: E402
 
 W, H = 32, 24
 GEN = {"seed": 0, "scenes": (3, 1, 1), "cameras_per_scene": 2, "frames_per_camera": 2, "width": W, "height": H}
@@ -250,7 +251,7 @@ def test_clear_errors(raw: Path, tmp_path: Path) -> None:
 
 def test_main_cli(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Marigold's underscore spellings are accepted too.
-    rc = ph.main(
+    rc = tool.main(
         [
             "--dataset_dir",
             str(raw),
@@ -269,4 +270,4 @@ def test_main_cli(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str])
     filtered = (tmp_path / "filename_list_test_filtered.txt").read_text().splitlines()
     assert len(listed) == 4 and set(filtered) <= set(listed)
     with pytest.raises(SystemExit):
-        ph.main(["--output-dir", str(tmp_path)])  # --dataset-dir is required
+        tool.main(["--output-dir", str(tmp_path)])  # --dataset-dir is required

@@ -27,11 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from d3epth.data import synthetic
-
-try:  # run as `python tools/make_sample_data.py`: tools/ itself is on sys.path
-    from prepare_hypersim import prepare_hypersim
-except ModuleNotFoundError:  # imported as `tools.make_sample_data` from the repository root
-    from tools.prepare_hypersim import prepare_hypersim
+from d3epth.data.hypersim_prepare import prepare_hypersim
 
 DATASETS = ("hypersim", "vkitti2", "nyuv2", "kitti")
 
