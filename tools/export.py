@@ -25,31 +25,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import warnings
 from pathlib import Path
-
-import torch
-
-#: ONNX parity tolerance: max |onnxruntime − PyTorch| ≤ ONNX_RTOL × (max − min of the PyTorch output), at least
-#: ONNX_ATOL. float32 kernels differ in summation order; 1e-4 of the output range is far below what a depth map shows.
-ONNX_RTOL = 1e-4
-ONNX_ATOL = 1e-6
-#: What an export writes; ``--overwrite`` removes these (and nothing else) from the output directory first.
-ARTEFACTS = (
-    "config.json",
-    "model.safetensors",
-    "model.onnx",
-    "model_index.json",
-    "empty_text_embedding.safetensors",
-    "vae",
-    "unet",
-    "scheduler",
-    "text_encoder",
-    "tokenizer",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,72 +97,9 @@ def _source_kind(source: Path) -> str:
     return "teacher" if checkpoint[TASK_KEY] == "TeacherTask" else "student"
 
 
-def export_onnx(model: torch.nn.Module, path: Path, size: tuple[int, int], opset: int) -> None:
-    """Trace ``model`` (image ``[B,3,H,W]`` → depth ``[B,1,H,W]``) to ONNX with dynamic batch, height and width.
-
-    The TorchScript exporter (``dynamo=False``) records the student's integer size arithmetic as graph ops, so the
-    graph pads and crops correctly at any size; Python branches are frozen at the traced size, hence ``size`` should be
-    one that needs padding (then the pad is in the graph, and a zero pad is harmless at other sizes).
-    """
-    import onnx
-
-    image = torch.rand(1, 3, *size) * 2 - 1
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about every Python-level shape comparison; the module docstring above says why it is fine.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            model,
-            (image,),
-            str(path),
-            dynamo=False,
-            opset_version=opset,
-            input_names=["image"],
-            output_names=["depth"],
-            dynamic_axes={"image": axes, "depth": axes},
-        )
-    graph = onnx.load(str(path))
-    onnx.checker.check_model(graph)
-    for key, value in {
-        "input": "image: float32 [B,3,H,W] RGB in [-1,1], any H and W",
-        "output": "depth: float32 [B,1,H,W] affine-invariant (relative) depth, larger = farther",
-        "producer": "d3epth tools/export.py",
-    }.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(path))
-
-
-def check_onnx(model: torch.nn.Module, path: Path, sizes: list[tuple[int, int, int]]) -> tuple[float, float]:
-    """Run the ONNX file with onnxruntime and PyTorch on random images of ``(B, H, W)`` sizes.
-
-    Returns:
-        ``(max_abs_diff, tolerance)`` over all sizes, the tolerance being ``ONNX_RTOL × output range`` (see above).
-    """
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    generator = torch.Generator().manual_seed(0)
-    worst, tolerance = 0.0, float("inf")
-    for batch, height, width in sizes:
-        image = torch.rand(batch, 3, height, width, generator=generator) * 2 - 1
-        with torch.no_grad():
-            reference = model(image)
-        (output,) = session.run(["depth"], {"image": image.numpy()})
-        if tuple(output.shape) != tuple(reference.shape):
-            raise RuntimeError(
-                f"ONNX output shape {output.shape} != PyTorch {tuple(reference.shape)} at {height}x{width}"
-            )
-        diff = float((torch.from_numpy(output) - reference).abs().max())
-        span = float(reference.max() - reference.min())
-        worst = max(worst, diff)
-        tolerance = min(tolerance, max(ONNX_RTOL * span, ONNX_ATOL))
-    return worst, tolerance
-
-
-def export_student(args: argparse.Namespace, source: Path, kind: str, out: Path) -> int:
+def _export_student(args: argparse.Namespace, source: Path, kind: str, out: Path) -> int:
     """Student (checkpoint or exported directory) → ``out`` (+ ONNX)."""
-    from d3epth.models.export import CONFIG_FILE, ONNX_FILE, load_student, read_export_config, save_student
+    from d3epth.models.export import ONNX_RTOL, export_student_onnx, load_student, read_export_config, save_student
     from d3epth.tasks.predictor import load_task, student_model_from_task
 
     if kind == "exported":
@@ -206,52 +120,40 @@ def export_student(args: argparse.Namespace, source: Path, kind: str, out: Path)
             import onnxruntime  # noqa: F401
         except ImportError:
             return _error("ONNX export needs the onnx extra: pip install -e '.[onnx]' (onnx and onnxruntime)")
-        multiple = model.size_multiple
-        size = tuple(args.onnx_size) if args.onnx_size else (2 * multiple + 5, 3 * multiple + 7)
-        path = out / ONNX_FILE
-        export_onnx(model.eval(), path, size, args.opset)
-        # Check at sizes other than the traced one: an exact multiple (no padding), an odd one, batch 2.
-        check_sizes = [(1, 2 * multiple, 3 * multiple), (2, multiple + 3, 2 * multiple + 11)]
-        diff, tolerance = check_onnx(model, path, check_sizes)
-        ok = diff <= tolerance
-        sizes_text = ", ".join(f"{b}x3x{h}x{w}" for b, h, w in check_sizes)
+        result = export_student_onnx(model, out, opset=args.opset, size=args.onnx_size)
+        sizes_text = ", ".join(f"{b}x3x{h}x{w}" for b, h, w in result.check_sizes)
         print(
-            f"ONNX written to {path} (opset {args.opset}, traced at 1x3x{size[0]}x{size[1]}, dynamic batch/height/"
-            f"width); onnxruntime vs PyTorch at {sizes_text}: max abs diff {diff:.3g}, tolerance {tolerance:.3g} "
-            f"({ONNX_RTOL:g} x output range) -> {'OK' if ok else 'FAILED'}"
+            f"ONNX written to {result.path} (opset {args.opset}, traced at 1x3x{result.size[0]}x{result.size[1]}, "
+            f"dynamic batch/height/width); onnxruntime vs PyTorch at {sizes_text}: max abs diff "
+            f"{result.max_abs_diff:.3g}, tolerance {result.tolerance:.3g} ({ONNX_RTOL:g} x output range) -> "
+            f"{'OK' if result.ok else 'FAILED'}"
         )
-        config_path = out / CONFIG_FILE
-        config = json.loads(config_path.read_text())
-        config["onnx"] = {
-            "file": ONNX_FILE,
-            "opset": args.opset,
-            "dynamic_axes": ["batch", "height", "width"],
-            "check": {"sizes": [list(s) for s in check_sizes], "max_abs_diff": diff, "tolerance": tolerance},
-        }
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
-        if not ok:
-            print(f"error: ONNX output differs from PyTorch by {diff:.3g} > {tolerance:.3g}", file=sys.stderr)
+        if not result.ok:
+            print(
+                f"error: ONNX output differs from PyTorch by {result.max_abs_diff:.3g} > {result.tolerance:.3g}",
+                file=sys.stderr,
+            )
             return 1
     return 0
 
 
-def export_teacher(args: argparse.Namespace, source: Path, out: Path) -> int:
+def _export_teacher(args: argparse.Namespace, source: Path, out: Path) -> int:
     """Teacher (``TeacherTask`` checkpoint or diffusers directory) → diffusers Marigold directory ``out``."""
+    from d3epth.models.export import export_teacher
     from d3epth.tasks.teacher import load_teacher
 
     if args.onnx:
         return _error("--onnx exports students; a teacher is exported as a diffusers directory (drop --onnx)")
     teacher = load_teacher(source, purpose="export source")
-    teacher.save_pretrained(
+    pipeline = export_teacher(
+        teacher,
         out,
         default_denoising_steps=args.default_denoising_steps,
         default_processing_resolution=args.default_processing_resolution,
+        check=not args.no_check,
     )
     print(f"teacher written to {out} (diffusers MarigoldDepthPipeline layout)")
-    if not args.no_check:
-        from diffusers import MarigoldDepthPipeline
-
-        pipeline = MarigoldDepthPipeline.from_pretrained(out, local_files_only=True)
+    if pipeline is not None:
         print(
             f"check: MarigoldDepthPipeline.from_pretrained loads it (scheduler {type(pipeline.scheduler).__name__}, "
             f"timestep_spacing={pipeline.scheduler.config.timestep_spacing}, "
@@ -277,17 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not same and any(out.iterdir()):
         if not args.overwrite:
             return _error(f"output directory {out} is not empty (use --overwrite)")
+        from d3epth.models.export import remove_export_artefacts
+
         # Only earlier export artefacts are removed (a stale vae/ or model.onnx must not outlive a new export).
-        for name in ARTEFACTS:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_export_artefacts(out)
     try:
         if kind == "teacher":
-            return export_teacher(args, source, out)
-        return export_student(args, source, kind, out)
+            return _export_teacher(args, source, out)
+        return _export_student(args, source, kind, out)
     except (FileNotFoundError, ValueError) as err:
         return _error(str(err))
 

@@ -13,14 +13,21 @@
 Lightning, no teacher UNet. Input: RGB ``[B, 3, H, W]`` in [−1, 1], any ``H, W``. Output: affine-invariant depth
 ``[B, 1, H, W]`` (larger = farther, unknown scale and shift; in [−1, 1] for the VAE decoder, unbounded for the light
 depth head).
+
+The export steps themselves are here too, so that ``tools/export.py`` only parses and chooses: :func:`save_student`,
+:func:`export_student_onnx` (:func:`export_onnx` + the onnxruntime parity check :func:`check_onnx`, recorded in
+``config.json``), :func:`export_teacher` (a diffusers Marigold directory, optionally loaded back as a check) and
+:func:`remove_export_artefacts`.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from diffusers import AutoencoderKL
@@ -29,17 +36,31 @@ from torch import Tensor, nn
 
 from d3epth.models.student import DepthStudent
 
+if TYPE_CHECKING:
+    from diffusers import MarigoldDepthPipeline
+
+    from d3epth.models.teacher import DiffusionDepthTeacher
+
 __all__ = [
+    "ARTEFACTS",
     "CONFIG_FILE",
     "FORMAT",
+    "ONNX_ATOL",
     "ONNX_FILE",
+    "ONNX_RTOL",
     "VAE_SUBFOLDER",
     "WEIGHTS_FILE",
+    "OnnxExport",
     "StudentDepthModel",
+    "check_onnx",
     "decode_depth_latent",
+    "export_onnx",
+    "export_student_onnx",
+    "export_teacher",
     "is_exported_student",
     "load_student",
     "read_export_config",
+    "remove_export_artefacts",
     "save_student",
 ]
 
@@ -51,6 +72,23 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VAE_SUBFOLDER = "vae"
 ONNX_FILE = "model.onnx"
+#: ONNX parity tolerance: max |onnxruntime − PyTorch| ≤ ONNX_RTOL × (max − min of the PyTorch output), at least
+#: ONNX_ATOL. float32 kernels differ in summation order; 1e-4 of the output range is far below what a depth map shows.
+ONNX_RTOL = 1e-4
+ONNX_ATOL = 1e-6
+#: What an export writes (student or teacher); :func:`remove_export_artefacts` removes these and nothing else.
+ARTEFACTS = (
+    "config.json",
+    "model.safetensors",
+    "model.onnx",
+    "model_index.json",
+    "empty_text_embedding.safetensors",
+    "vae",
+    "unet",
+    "scheduler",
+    "text_encoder",
+    "tokenizer",
+)
 
 INPUT_CONVENTION: dict[str, Any] = {
     "name": "image",
@@ -284,3 +322,180 @@ def load_student(directory: str | Path, map_location: str | torch.device = "cpu"
             raise FileNotFoundError(f"{directory}: pixel_decoder 'vae' needs the {subfolder}/ folder, which is missing")
         vae = AutoencoderKL.from_pretrained(directory, subfolder=subfolder, local_files_only=True)
     return StudentDepthModel(student, vae).to(map_location).eval()
+
+
+def remove_export_artefacts(directory: str | Path) -> None:
+    """Delete the files and folders an earlier export wrote into ``directory`` (:data:`ARTEFACTS`), nothing else.
+
+    A stale ``vae/`` or ``model.onnx`` must not outlive a new export into the same directory.
+    """
+    directory = Path(directory)
+    for name in ARTEFACTS:
+        target = directory / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ONNX
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def export_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> None:
+    """Trace ``model`` (image ``[B,3,H,W]`` → depth ``[B,1,H,W]``) to ONNX with dynamic batch, height and width.
+
+    The TorchScript exporter (``dynamo=False``) records the student's integer size arithmetic as graph ops, so the
+    graph pads and crops correctly at any size; Python branches are frozen at the traced size, hence ``size`` should be
+    one that needs padding (then the pad is in the graph, and a zero pad is harmless at other sizes).
+
+    Args:
+        model: the network, in eval mode.
+        path: the ``.onnx`` file to write.
+        size: ``(H, W)`` of the example image the graph is traced with.
+        opset: ONNX opset version (17 or later).
+    """
+    import onnx
+
+    image = torch.rand(1, 3, *size) * 2 - 1
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-level shape comparison; the docstring above says why it is fine.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (image,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["depth"],
+            dynamic_axes={"image": axes, "depth": axes},
+        )
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    for key, value in {
+        "input": "image: float32 [B,3,H,W] RGB in [-1,1], any H and W",
+        "output": "depth: float32 [B,1,H,W] affine-invariant (relative) depth, larger = farther",
+        "producer": "d3epth tools/export.py",
+    }.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
+def check_onnx(model: nn.Module, path: Path, sizes: list[tuple[int, int, int]]) -> tuple[float, float]:
+    """Run the ONNX file with onnxruntime and PyTorch on random images of ``(B, H, W)`` sizes.
+
+    Returns:
+        ``(max_abs_diff, tolerance)`` over all sizes, the tolerance being ``ONNX_RTOL × output range`` (see above).
+
+    Raises:
+        RuntimeError: the ONNX output has another shape than PyTorch's.
+    """
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(0)
+    worst, tolerance = 0.0, float("inf")
+    for batch, height, width in sizes:
+        image = torch.rand(batch, 3, height, width, generator=generator) * 2 - 1
+        with torch.no_grad():
+            reference = model(image)
+        (output,) = session.run(["depth"], {"image": image.numpy()})
+        if tuple(output.shape) != tuple(reference.shape):
+            raise RuntimeError(
+                f"ONNX output shape {output.shape} != PyTorch {tuple(reference.shape)} at {height}x{width}"
+            )
+        diff = float((torch.from_numpy(output) - reference).abs().max())
+        span = float(reference.max() - reference.min())
+        worst = max(worst, diff)
+        tolerance = min(tolerance, max(ONNX_RTOL * span, ONNX_ATOL))
+    return worst, tolerance
+
+
+class OnnxExport(NamedTuple):
+    """What :func:`export_student_onnx` wrote and how the onnxruntime check went."""
+
+    path: Path
+    size: tuple[int, int]
+    check_sizes: list[tuple[int, int, int]]
+    max_abs_diff: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether onnxruntime matches PyTorch within the tolerance."""
+        return self.max_abs_diff <= self.tolerance
+
+
+def export_student_onnx(
+    model: StudentDepthModel, directory: str | Path, opset: int = 17, size: tuple[int, int] | None = None
+) -> OnnxExport:
+    """Write ``directory/model.onnx`` for an exported student, check it, and record both in its ``config.json``.
+
+    Args:
+        model: the student with its pixel decoder (the one :func:`save_student` wrote to ``directory``).
+        directory: the exported student directory (must already hold ``config.json``).
+        opset: ONNX opset.
+        size: ``(H, W)`` the graph is traced at; default ``(2m + 5, 3m + 7)`` for the model's size multiple ``m``,
+            a size that needs internal padding, so the padding path is in the graph.
+
+    Returns:
+        The file, the traced size, the check sizes and the parity result. The check runs at sizes other than the
+        traced one: an exact multiple (no padding), an odd size, and batch 2.
+    """
+    directory = Path(directory)
+    multiple = model.size_multiple
+    size = (int(size[0]), int(size[1])) if size else (2 * multiple + 5, 3 * multiple + 7)
+    path = directory / ONNX_FILE
+    export_onnx(model.eval(), path, size, opset)
+    check_sizes = [(1, 2 * multiple, 3 * multiple), (2, multiple + 3, 2 * multiple + 11)]
+    diff, tolerance = check_onnx(model, path, check_sizes)
+    config_path = directory / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["onnx"] = {
+        "file": ONNX_FILE,
+        "opset": opset,
+        "dynamic_axes": ["batch", "height", "width"],
+        "check": {"sizes": [list(s) for s in check_sizes], "max_abs_diff": diff, "tolerance": tolerance},
+    }
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return OnnxExport(path, size, check_sizes, diff, tolerance)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Teacher
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def export_teacher(
+    teacher: DiffusionDepthTeacher,
+    directory: str | Path,
+    default_denoising_steps: int = 1,
+    default_processing_resolution: int | None = None,
+    check: bool = True,
+) -> MarigoldDepthPipeline | None:
+    """Write a teacher as a diffusers Marigold directory and, with ``check``, load it back with diffusers.
+
+    Args:
+        teacher: the teacher to export.
+        directory: output directory.
+        default_denoising_steps: ``model_index.json`` default steps.
+        default_processing_resolution: ``model_index.json`` default resolution (``None``: the VAE's sample size).
+        check: load the result with ``MarigoldDepthPipeline.from_pretrained`` (offline).
+
+    Returns:
+        The loaded pipeline when ``check``, else ``None``.
+    """
+    teacher.save_pretrained(
+        directory,
+        default_denoising_steps=default_denoising_steps,
+        default_processing_resolution=default_processing_resolution,
+    )
+    if not check:
+        return None
+    from diffusers import MarigoldDepthPipeline
+
+    return MarigoldDepthPipeline.from_pretrained(directory, local_files_only=True)
