@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(TensorBoard events, config.yaml with the resolved config, checkpoints/last.ckpt and best-*.ckpt)."
         ),
         epilog=(
+            "Values may read the environment with a default, e.g. root: ${oc.env:HYPERSIM_ROOT,data/hypersim}. "
             "Unknown or misspelt keys, missing required arguments and class paths outside d3epth., torch.optim., "
             "lightning.pytorch.callbacks. and lightning.pytorch.loggers. are errors reported before anything is built."
         ),
