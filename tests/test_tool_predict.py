@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from d3epth.data.images import read_image
 from d3epth.tasks import PixelRefinementTask
 from d3epth.tasks.predictor import load_predictor
 
@@ -108,7 +109,7 @@ def test_image_modes_are_converted(tmp_path: Path, checkpoint: Path, images: Pat
     # 16-bit greyscale is scaled by 1/65535, not clipped at 255.
     with Image.open(images / "grey16.png") as image:
         values = np.asarray(image).astype(np.float32)
-    tensor = predict.read_image(images / "grey16.png")
+    tensor = read_image(images / "grey16.png")
     torch.testing.assert_close(tensor, torch.from_numpy(values / 65535 * 2 - 1).expand(3, -1, -1))
 
 
@@ -116,7 +117,7 @@ def test_exif_orientation_is_applied(tmp_path: Path, checkpoint: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
     Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg", exif=exif)
-    assert predict.read_image(tmp_path / "photo.jpg").shape == (3, 30, 20)
+    assert read_image(tmp_path / "photo.jpg").shape == (3, 30, 20)
 
 
 def test_batching_and_processing_resolution(tmp_path: Path, checkpoint: Path, images: Path) -> None:
