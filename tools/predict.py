@@ -20,8 +20,9 @@ Outputs, per image ``NAME`` (Marigold's layout)::
     DIR/depth_npy/NAME_pred.npy              --npy: float32 [H, W], the same normalised map before quantisation
 
 Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a size;
-otherwise they run one by one (reading and writing live in :mod:`d3epth.data.images`). Exit code: 0, 1 if an image could not be read (first one fails the run unless
-``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model.
+otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the run unless
+``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model. Reading and
+writing live in :mod:`d3epth.data.images`; this tool parses arguments, runs the loop and reports.
 """
 
 from __future__ import annotations
