@@ -429,3 +429,19 @@ def test_sd2_sized_teacher_one_step_on_cpu() -> None:
     done = time.perf_counter()
     assert depth.shape == (1, 1, 128, 128) and torch.isfinite(depth).all()
     print(f"SD2-sized teacher: build {built - start:.1f} s, one step at 128x128 {done - built:.1f} s on CPU")
+
+
+def test_one_step_latent_for_images_pads_bottom_right_by_replication(teacher: DiffusionDepthTeacher) -> None:
+    image = images(2, 21, 30)  # neither side a multiple of 8
+    f = teacher.vae_scale_factor
+    # Replicate padding written as index clamping: row/column k of the padded image is row/column min(k, last).
+    rows = torch.arange(-(-21 // f) * f).clamp(max=20)
+    cols = torch.arange(-(-30 // f) * f).clamp(max=29)
+    padded = image[:, :, rows][..., cols]
+    with torch.no_grad():
+        latent = teacher.one_step_latent_for_images(image)
+        expected = teacher.predict_latent_one_step(teacher.encode_image(padded))
+    assert latent.shape == (2, teacher.latent_channels, 3, 4)
+    torch.testing.assert_close(latent, expected)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        teacher.one_step_latent_for_images(image[:, :1])

@@ -248,13 +248,15 @@ def test_interrupted_run_resumes_where_it_stopped(
         calls["shards"] += 1
         return write_shard(self, *args, **kwargs)
 
-    compute = tool.teacher_latents
+    from d3epth.data import teacher_cache
+
+    compute = teacher_cache.teacher_latents
 
     def counting(teacher, images: torch.Tensor) -> torch.Tensor:
         calls["samples"] += images.shape[0] // 2  # each sample runs as image + mirror
         return compute(teacher, images)
 
-    monkeypatch.setattr(tool, "teacher_latents", counting)
+    monkeypatch.setattr(teacher_cache, "teacher_latents", counting)
     out = tmp_path / "cache"
     args = ("--dtype", "float32", "--batch-size", "2", "--shard-size", "2")
     with monkeypatch.context() as patch:

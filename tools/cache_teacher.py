@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,48 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ImageSource(Dataset):
-    """``(image [3,H,W], path)`` of chosen samples of a dataset, as the dataset returns them before augmentation."""
-
-    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
-        self.dataset = dataset
-        self.indices = indices
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, str]:
-        from d3epth.data.base import BaseDepthDataset
-
-        index = self.indices[i]
-        if isinstance(self.dataset, BaseDepthDataset):
-            # load + the dataset's own transforms is what get_sample does before augmenting; finalize (depth_norm)
-            # does not touch the image and is skipped.
-            sample = self.dataset.load(index)
-            if self.dataset.transforms is not None:
-                sample = self.dataset.transforms(sample)
-        else:
-            sample = self.dataset[index]
-        return sample["image"], str(sample["path"])
-
-
-@torch.no_grad()
-def teacher_latents(teacher: Any, images: Tensor) -> Tensor:
-    """The stage-1 target of each image, as :meth:`LatentDistillationTask.teacher_targets` computes it.
-
-    Args:
-        teacher: a frozen :class:`~d3epth.models.teacher.DiffusionDepthTeacher`.
-        images: ``[B, 3, H, W]`` in [-1, 1].
-
-    Returns:
-        float32 ``[B, 4, ceil(H/f), ceil(W/f)]``.
-    """
-    from d3epth.tasks.stage1 import pad_to_multiple
-
-    rgb_latent = teacher.encode_image(pad_to_multiple(images, teacher.vae_scale_factor))
-    return teacher.predict_latent_one_step(rgb_latent).float()
-
-
 def _batches(loader: DataLoader, batch_size: int, done: set[str]) -> Iterator[tuple[list[str], Tensor]]:
     """Group the loader's samples into batches of equal image size, skipping cached paths."""
     paths: list[str] = []
@@ -138,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     import d3epth
     from d3epth.config import ConfigError, instantiate, load_config, to_container
     from d3epth.data.base import BaseDepthDataset
-    from d3epth.data.teacher_cache import TeacherCacheWriter, check_cacheable, teacher_fingerprint
+    from d3epth.data.teacher_cache import (
+        CacheImageSource,
+        TeacherCacheWriter,
+        check_cacheable,
+        teacher_fingerprint,
+        teacher_latents,
+    )
     from d3epth.tasks.teacher import load_teacher
 
     try:
@@ -198,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if not indices:
             continue
         loader = DataLoader(
-            _ImageSource(dataset, indices),
+            CacheImageSource(dataset, indices),
             batch_size=None,
             num_workers=args.num_workers,
             pin_memory=device.type == "cuda",

@@ -413,6 +413,53 @@ class TeacherCacheLookup:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+class CacheImageSource(Dataset):
+    """``(image [3,H,W], path)`` of chosen samples of a dataset, as the dataset returns them before augmentation.
+
+    What ``tools/cache_teacher.py`` feeds the teacher: for a :class:`~d3epth.data.base.BaseDepthDataset`, ``load`` +
+    the dataset's own transforms (what ``get_sample`` does before augmenting); any other dataset is indexed as is.
+
+    Args:
+        dataset: a training set.
+        indices: the samples to serve (those not cached yet).
+    """
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, str]:
+        index = self.indices[i]
+        if isinstance(self.dataset, BaseDepthDataset):
+            # load + the dataset's own transforms is what get_sample does before augmenting; finalize (depth_norm)
+            # does not touch the image and is skipped.
+            sample = self.dataset.load(index)
+            if self.dataset.transforms is not None:
+                sample = self.dataset.transforms(sample)
+        else:
+            sample = self.dataset[index]
+        return sample["image"], str(sample["path"])
+
+
+@torch.no_grad()
+def teacher_latents(teacher: Any, images: Tensor) -> Tensor:
+    """The stage-1 target of each image, as :meth:`LatentDistillationTask.teacher_targets` computes it.
+
+    Both call :meth:`~d3epth.models.teacher.DiffusionDepthTeacher.one_step_latent_for_images`.
+
+    Args:
+        teacher: a frozen :class:`~d3epth.models.teacher.DiffusionDepthTeacher`.
+        images: ``[B, 3, H, W]`` in [-1, 1].
+
+    Returns:
+        float32 ``[B, 4, ceil(H/f), ceil(W/f)]``.
+    """
+    return teacher.one_step_latent_for_images(images).float()
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
         tmp.write(text)

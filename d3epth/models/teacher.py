@@ -710,6 +710,27 @@ class DiffusionDepthTeacher(nn.Module):
         latent, _ = self._one_step(rgb_latent, depth_latent, ())
         return latent
 
+    def one_step_latent_for_images(self, image: Tensor) -> Tensor:
+        """Single-step depth latent of images of any size: the stage-1 distillation target.
+
+        The image is replicate-padded at the bottom and right to a multiple of :attr:`vae_scale_factor` (so latent cell
+        (i, j) covers pixels [f·i, f·i+f) × [f·j, f·j+f), as the student's latent does), encoded, and run through
+        :meth:`predict_latent_one_step`. Stage 1 (on the fly) and the teacher cache both compute their targets here.
+
+        Args:
+            image: ``[B, 3, H, W]`` in ``[-1, 1]``, any H and W.
+
+        Returns:
+            ``[B, 4, ⌈H/f⌉, ⌈W/f⌉]`` in the UNet's dtype.
+        """
+        if image.ndim != 4 or image.shape[1] != 3 or not image.is_floating_point():
+            raise ValueError(
+                f"one_step_latent_for_images expects float [B, 3, H, W] in [-1, 1], got {image.dtype} "
+                f"{tuple(image.shape)}"
+            )
+        padded, _ = MarigoldImageProcessor.pad_image(image, self.vae_scale_factor)
+        return self.predict_latent_one_step(self.encode_image(padded))
+
     def unet_features(
         self, rgb_latent: Tensor, depth_latent: Tensor | None = None, names: Sequence[str] = ("mid_block",)
     ) -> tuple[Tensor, dict[str, Tensor]]:

@@ -88,9 +88,9 @@ class LatentDistillationTask(DepthTask):
     @torch.no_grad()
     def teacher_targets(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The teacher's one-step depth latent [B,4,⌈H/8⌉,⌈W/8⌉] and the requested UNet features for images."""
-        rgb_latent = self.teacher.encode_image(pad_to_multiple(image, self.teacher.vae_scale_factor))
         if not self.feature_blocks:
-            return self.teacher.predict_latent_one_step(rgb_latent).float(), []
+            return self.teacher.one_step_latent_for_images(image).float(), []
+        rgb_latent = self.teacher.encode_image(pad_to_multiple(image, self.teacher.vae_scale_factor))
         latent, features = self.teacher.unet_features(rgb_latent, None, self.feature_blocks)
         return latent.float(), [features[name].float() for name in self.feature_blocks]
 
