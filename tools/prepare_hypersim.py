@@ -1,27 +1,18 @@
 """Convert raw Hypersim into Marigold's preprocessed layout.
 
-Reads ``<dataset-dir>/<scene>/images/scene_<cam>_{final,geometry}_hdf5/frame.NNNN.{color,depth_meters,
-render_entity_id}.hdf5`` for the rows of ``metadata_images_split_scene_v1.csv`` that are in the public release and
-writes, per split::
-
-    <output-dir>/<split>/<scene>/rgb_<cam>_frNNNN.png          8-bit RGB, Hypersim's tone mapping
-    <output-dir>/<split>/<scene>/depth_plane_<cam>_frNNNN.png  uint16 planar depth in mm, 0 = invalid
-    <output-dir>/<split>/filename_list_<split>.txt             unfiltered "rgb depth" list
-    <output-dir>/<split>/filename_meta_<split>.csv             csv columns + rgb/depth stats + invalid_ratio
-    <output-dir>/filename_list_<split>_filtered.txt            Marigold's quality filter
-
-as Marigold's ``script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py`` does (domain brief §1.1-1.2).
-Differences, all deliberate: the focal length comes from the actual image width (``(W/2)/tan(30°)``, 886.81 px at
-1024), depths above 65.535 m saturate instead of wrapping around, frames with missing HDF5 files (a known Hypersim
-defect) are reported and skipped instead of stopping the run, and the filtered list is written here too.
+Writes, per split, ``<output-dir>/<split>/<scene>/{rgb,depth_plane}_<cam>_frNNNN.png`` (8-bit tone-mapped RGB,
+uint16 planar depth in mm), the unfiltered list and the meta CSV, and
+``<output-dir>/filename_list_<split>_filtered.txt`` (Marigold's quality filter), from the rows of
+``metadata_images_split_scene_v1.csv`` in the public release. The layout, the conversions and where they deliberately
+differ from Marigold's script are described in :mod:`d3epth.data.hypersim_prepare`, which does the work; this tool
+parses arguments and prints a summary.
 
 Usage::
 
     python tools/prepare_hypersim.py --dataset-dir data/Hypersim/raw_data --output-dir data/Hypersim/processed \\
         [--split-csv .../metadata_images_split_scene_v1.csv] [--workers 8]
 
-The run is resumable: a frame whose two PNGs already exist and decode is not converted again. The conversion itself
-lives in :mod:`d3epth.data.hypersim_prepare`; this tool only parses arguments and prints a summary.
+The run is resumable: a frame whose two PNGs already exist and decode is not converted again.
 """
 
 from __future__ import annotations
