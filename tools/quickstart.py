@@ -119,7 +119,6 @@ def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale
 
 def evaluate_models(checkpoints: dict[str, str], data_config: Path) -> list[dict[str, object]]:
     """Score every trained model on the sample test sets and time it at the sample resolution."""
-
     from d3epth.config import instantiate, load_config
     from d3epth.tasks.evaluation import evaluate, time_per_image
     from d3epth.tasks.predictor import load_predictor

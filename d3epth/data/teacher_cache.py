@@ -399,6 +399,7 @@ class TeacherCacheLookup:
         self.set_name = set_name
 
     def __call__(self, sample: Sample) -> Sample:
+        """Attach the cached targets of ``sample`` and of its mirror (``teacher_latent``, ``..._flipped``)."""
         if "path" not in sample or "image" not in sample:
             raise ValueError(f"teacher cache lookup needs the sample keys 'path' and 'image'; keys: {sorted(sample)}")
         latent, flipped = self.cache.load(self.set_name, str(sample["path"]), tuple(sample["image"].shape[-2:]))

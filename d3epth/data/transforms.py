@@ -73,8 +73,10 @@ def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) ->
 
     Args:
         sample: sample dict (not modified; a new dict is returned).
-        top, left: upper-left corner of the window, pixels.
-        height, width: window size, pixels; must fit inside the image.
+        top: first row of the window, pixels.
+        left: first column of the window, pixels.
+        height: window height, pixels; the window must fit inside the image.
+        width: window width, pixels.
 
     Returns:
         The cropped sample; ``intrinsics`` get ``cx -= left``, ``cy -= top``.
@@ -110,6 +112,7 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, sample: Sample) -> Sample:
+        """Apply the transforms in order."""
         for t in self.transforms:
             sample = t(sample)
         return sample
@@ -142,6 +145,7 @@ class Resize:
         self.antialias = antialias
 
     def __call__(self, sample: Sample) -> Sample:
+        """Apply the transform to every raster of ``sample``; returns a new dict."""
         height, width = _size_of(sample)
         if (height, width) == self.size:
             return sample
@@ -191,6 +195,7 @@ class HorizontalFlip:
         self.p = float(p)
 
     def __call__(self, sample: Sample) -> Sample:
+        """Mirror ``sample`` with probability ``p``; returns a new dict (or ``sample`` unchanged)."""
         if self.p <= 0.0 or (self.p < 1.0 and torch.rand(()).item() >= self.p):
             return sample
         _, width = _size_of(sample)
@@ -233,6 +238,7 @@ class RandomCrop:
         self.size = _check_size(size, "RandomCrop size")
 
     def __call__(self, sample: Sample) -> Sample:
+        """Apply the transform to every raster of ``sample``; returns a new dict."""
         img_h, img_w = _size_of(sample)
         height, width = self.size
         if height > img_h or width > img_w:
@@ -259,6 +265,7 @@ class KBCrop:
         self.height, self.width = _check_size([height, width], "KBCrop size")
 
     def __call__(self, sample: Sample) -> Sample:
+        """Apply the transform to every raster of ``sample``; returns a new dict."""
         img_h, img_w = _size_of(sample)
         if img_h < self.height or img_w < self.width:
             where = f"{sample['path']}: " if "path" in sample else ""

@@ -273,6 +273,7 @@ class BaseDepthMetric(Metric):
         return averages[METRIC_NAMES.index(self.metric_name)]
 
     def extra_repr(self) -> str:
+        """Show the benchmark, alignment and range in ``print(metric)``."""
         crop = self.crop.name if self.crop is not None else None
         return (
             f"benchmark={self.benchmark}, alignment={self.alignment}, min_depth={self.min_depth}, "

@@ -130,7 +130,9 @@ class FPNDecoder(nn.Module):
         strides: the decoder's stride per level (after the ViT reassembly, if any), finest first.
     """
 
-    def __init__(self, in_channels: Sequence[int], in_strides: Sequence[float], channels: int, norm: str = "group"):
+    def __init__(
+        self, in_channels: Sequence[int], in_strides: Sequence[float], channels: int, norm: str = "group"
+    ) -> None:
         super().__init__()
         if len(in_channels) == 0 or len(in_channels) != len(in_strides):
             raise ValueError(
@@ -193,7 +195,7 @@ class LatentHead(nn.Module):
         norm: normalisation in the hidden conv.
     """
 
-    def __init__(self, in_channels: int, latent_channels: int = 4, norm: str = "group"):
+    def __init__(self, in_channels: int, latent_channels: int = 4, norm: str = "group") -> None:
         super().__init__()
         self.block = conv_norm_act(in_channels, in_channels, 3, norm)
         self.proj = nn.Conv2d(in_channels, latent_channels, 1)
@@ -211,7 +213,7 @@ class FeatureAdapters(nn.Module):
         out_channels: channel count of each distilled teacher feature.
     """
 
-    def __init__(self, in_channels: int, out_channels: Sequence[int]):
+    def __init__(self, in_channels: int, out_channels: Sequence[int]) -> None:
         super().__init__()
         self.adapters = nn.ModuleList(nn.Conv2d(in_channels, c, 1) for c in out_channels)
 
@@ -257,7 +259,7 @@ class DepthHead(nn.Module):
         min_channels: int = 16,
         activation: str = "none",
         norm: str = "group",
-    ):
+    ) -> None:
         super().__init__()
         if activation not in ("none", "tanh"):
             raise ValueError(f"depth activation must be 'none' or 'tanh', got {activation!r}")

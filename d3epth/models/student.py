@@ -99,7 +99,7 @@ class DepthStudent(nn.Module):
         min_decoder_stride: int = 4,
         norm: str = "group",
         backbone_kwargs: dict[str, Any] | None = None,
-    ):
+    ) -> None:
         super().__init__()
         heads = (heads,) if isinstance(heads, str) else tuple(heads)  # a YAML scalar `heads: depth` is one head
         unknown = [h for h in heads if h not in HEADS]

@@ -200,9 +200,11 @@ class DepthTask(L.LightningModule):
             self._log_images(f"{split}_images/{self._set_names[split][dataloader_idx]}", batch, pred)
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Score the prediction for one validation batch (and log images for the first)."""
         self._evaluate("val", batch, batch_idx, dataloader_idx)
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Score the prediction for one test batch."""
         self._evaluate("test", batch, batch_idx, dataloader_idx)
 
     def _log_metrics(self, split: str) -> None:
@@ -222,9 +224,11 @@ class DepthTask(L.LightningModule):
                     )
 
     def on_validation_epoch_end(self) -> None:
+        """Log the validation metrics of every validation set (the first also as ``val/<metric>``)."""
         self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
+        """Log the test metrics of every test set."""
         self._log_metrics("test")
 
     def on_fit_end(self) -> None:

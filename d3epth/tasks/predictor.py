@@ -144,6 +144,7 @@ class DepthPredictor(nn.Module):
         return self.predict(image)
 
     def extra_repr(self) -> str:
+        """Show the source and kind in ``print(predictor)``."""
         return f"name={self.name!r}, kind={self.kind!r}, source={self.source!r}"
 
 

@@ -138,6 +138,7 @@ class PixelRefinementTask(DepthTask):
         return depth[..., : size[0], : size[1]]
 
     def predict_depth(self, batch: Batch) -> Tensor:
+        """Depth for ``batch['image']`` from the configured pixel decoder."""
         return self(batch["image"])
 
     # -------------------------------------------------------------------------------------------------- training

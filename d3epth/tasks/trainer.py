@@ -35,12 +35,14 @@ class SaveResolvedConfig(Callback):
         self.yaml = OmegaConf.to_yaml(config, resolve=True)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Write ``config.yaml`` into the run directory (rank zero)."""
         log_dir = trainer.log_dir
         if trainer.is_global_zero and log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             (Path(log_dir) / "config.yaml").write_text(self.yaml)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Store the resolved config in the checkpoint."""
         checkpoint[CONFIG_KEY] = self.yaml
 
 
@@ -63,6 +65,7 @@ class LastCheckpoint(ModelCheckpoint):
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save ``last.ckpt`` unless the final step was saved already."""
         if trainer.fast_dev_run or self._last_global_step_saved == trainer.global_step:
             return
         self._save_checkpoint(trainer, self.format_checkpoint_name({}))

@@ -1,0 +1,1 @@
+"""Small helpers: colour maps and image panels, contact sheets."""
