@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from data_fixtures import write_hypersim, write_vkitti2
+from tool_loader import load_tool
 
 from d3epth.data import DepthDataModule, HorizontalFlip, HypersimDataset, RandomCrop, VirtualKITTI2Dataset
 from d3epth.data.teacher_cache import TeacherCache, TeacherCacheError, teacher_fingerprint
@@ -24,14 +24,7 @@ TEACHER = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults:
 HYPERSIM_SIZE = (20, 28)  # not multiples of 8: the targets of padded images, latent 3x4
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("tools_cache_teacher", ROOT / "tools" / "cache_teacher.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_tool("cache_teacher")
 
 
 @pytest.fixture(scope="module")

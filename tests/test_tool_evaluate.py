@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from data_fixtures import write_hypersim, write_nyu
+from tool_loader import load_tool
 
 from d3epth.data import DepthDataModule, HypersimDataset, NYUv2Dataset
 from d3epth.metrics import METRIC_NAMES, DepthMetrics
@@ -20,13 +20,6 @@ from d3epth.tasks.predictor import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 evaluate = load_tool("evaluate")

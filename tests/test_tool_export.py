@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -13,6 +12,7 @@ import pytest
 import torch
 from diffusers import MarigoldDepthPipeline
 from teacher_fixtures import tiny_marigold_dir  # noqa: F401 (fixture)
+from tool_loader import load_tool
 
 from d3epth.models import DiffusionDepthTeacher
 from d3epth.models.export import load_student
@@ -21,13 +21,6 @@ from d3epth.tasks.stage1 import LatentDistillationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 export = load_tool("export")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tool_loader import load_tool
 
 from d3epth.data.images import read_image
 from d3epth.tasks import PixelRefinementTask
@@ -18,13 +18,6 @@ from d3epth.tasks.predictor import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 predict = load_tool("predict")
