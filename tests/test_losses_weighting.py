@@ -309,3 +309,16 @@ def test_hybrid_bad_arguments() -> None:
         HybridDepthLoss(weighting="kendall")
     with pytest.raises(ValueError, match="data_term"):
         HybridDepthLoss(data_term="huber")
+
+
+def test_hybrid_loss_rejects_bad_options_naming_them() -> None:
+    with pytest.raises(ValueError, match=r"data_term must be 'l1' or 'l2', got 'l3'"):
+        HybridDepthLoss(data_term="l3")
+    with pytest.raises(ValueError, match=r"edge_source must be one of .*got 'rgb'"):
+        HybridDepthLoss(edge_source="rgb")
+    with pytest.raises(ValueError, match=r"delta must be > 0, got 0"):
+        HybridDepthLoss(delta=0)
+    with pytest.raises(ValueError, match=r"needs 'image'"):
+        HybridDepthLoss(edge_source="image")(
+            torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), torch.ones(1, 1, 8, 8, dtype=torch.bool)
+        )

@@ -13,13 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from d3epth.losses.gradient import (
-    _EDGE_SOURCES,
-    _GRADIENT_MODES,
-    EdgeSource,
-    GradientMode,
-    gradient_huber_loss,
-)
+from d3epth.losses.gradient import EdgeSource, GradientHuberLoss, GradientMode
 from d3epth.losses.ssi import DataTerm, Reduction, align_prediction, aligned_data_loss, check_depth_inputs
 from d3epth.losses.weighting import TaskWeighting, build_weighting
 
@@ -81,28 +75,25 @@ class HybridDepthLoss(nn.Module):
         weighting_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        caller = "HybridDepthLoss"
         if data_term not in ("l1", "l2"):
-            raise ValueError(f"{caller}: data_term must be 'l1' or 'l2', got {data_term!r}")
+            raise ValueError(f"HybridDepthLoss: data_term must be 'l1' or 'l2', got {data_term!r}")
         if reduction not in ("batch", "image"):
-            raise ValueError(f"{caller}: reduction must be 'batch' or 'image', got {reduction!r}")
-        if edge_source not in _EDGE_SOURCES:
-            raise ValueError(f"{caller}: edge_source must be one of {_EDGE_SOURCES}, got {edge_source!r}")
-        if gradient_mode not in _GRADIENT_MODES:
-            raise ValueError(f"{caller}: gradient_mode must be one of {_GRADIENT_MODES}, got {gradient_mode!r}")
-        if not isinstance(scales, int) or scales < 1:
-            raise ValueError(f"{caller}: scales must be a positive int, got {scales!r}")
-        if delta <= 0:
-            raise ValueError(f"{caller}: delta must be > 0, got {delta}")
+            raise ValueError(f"HybridDepthLoss: reduction must be 'batch' or 'image', got {reduction!r}")
         self.data_term = data_term
         self.reduction = reduction
-        self.scales = scales
-        self.delta = delta
-        self.edge_source = edge_source
-        self.edge_beta = edge_beta
-        self.edge_sigma_image = edge_sigma_image
-        self.edge_sigma_depth = edge_sigma_depth
-        self.gradient_mode = gradient_mode
+        # The gradient term is applied to the prediction already aligned for the SSI term (align=False); it checks
+        # its own options.
+        self.gradient = GradientHuberLoss(
+            scales=scales,
+            delta=delta,
+            edge_source=edge_source,
+            edge_beta=edge_beta,
+            edge_sigma_image=edge_sigma_image,
+            edge_sigma_depth=edge_sigma_depth,
+            gradient_mode=gradient_mode,
+            reduction=reduction,
+            align=False,
+        )
         self.weighting: TaskWeighting = build_weighting(weighting, TASK_NAMES, **dict(weighting_kwargs or {}))
 
     def forward(
@@ -126,25 +117,13 @@ class HybridDepthLoss(nn.Module):
             ``(loss, parts)``: the objective to back-propagate (float32) and detached scalars for logging.
         """
         check_depth_inputs(pred, target, mask, caller="HybridDepthLoss")
-        if self.edge_source in ("image", "both") and image is None:
-            raise ValueError(f"HybridDepthLoss: edge_source={self.edge_source!r} needs 'image' (B, 3, H, W), got None")
+        if self.gradient.edge_source in ("image", "both") and image is None:
+            raise ValueError(
+                f"HybridDepthLoss: edge_source={self.gradient.edge_source!r} needs 'image' (B, 3, H, W), got None"
+            )
         aligned = align_prediction(pred, target, mask)
         loss_ssi = aligned_data_loss(aligned, target, mask, data_term=self.data_term, reduction=self.reduction)
-        loss_grad = gradient_huber_loss(
-            aligned,
-            target,
-            mask,
-            image=image,
-            scales=self.scales,
-            delta=self.delta,
-            edge_source=self.edge_source,
-            edge_beta=self.edge_beta,
-            edge_sigma_image=self.edge_sigma_image,
-            edge_sigma_depth=self.edge_sigma_depth,
-            gradient_mode=self.gradient_mode,
-            reduction=self.reduction,
-            align=False,
-        )
+        loss_grad = self.gradient(aligned, target, mask, image=image)
         # Read the weights before the call: DWA may close a history window inside it, and the logged weights should
         # be the ones this step's objective used.
         weights = self.weighting.weights()
@@ -160,8 +139,5 @@ class HybridDepthLoss(nn.Module):
         return total, parts
 
     def extra_repr(self) -> str:
-        """Show the hyper-parameters in ``print(module)``."""
-        return (
-            f"data_term={self.data_term!r}, reduction={self.reduction!r}, scales={self.scales}, delta={self.delta}, "
-            f"edge_source={self.edge_source!r}, edge_beta={self.edge_beta}, gradient_mode={self.gradient_mode!r}"
-        )
+        """Show the SSI options in ``print(module)`` (the gradient term and the weighting print as children)."""
+        return f"data_term={self.data_term!r}, reduction={self.reduction!r}"
