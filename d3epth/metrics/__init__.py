@@ -33,6 +33,7 @@ from d3epth.metrics.depth import (
     RMSELog,
     SILog,
     SqRel,
+    benchmark_metrics,
     per_image_depth_metrics,
 )
 
@@ -60,6 +61,7 @@ __all__ = [
     "align",
     "align_depth",
     "align_disparity",
+    "benchmark_metrics",
     "crop_mask",
     "evaluation_mask",
     "fit_scale_shift",

@@ -64,6 +64,7 @@ __all__ = [
     "RMSELog",
     "SILog",
     "SqRel",
+    "benchmark_metrics",
     "per_image_depth_metrics",
 ]
 
@@ -411,3 +412,17 @@ class DepthMetrics(MetricCollection):
         }
         # Identical states by construction, so one explicit group is safe (no state comparison after batch one).
         super().__init__(members, prefix=prefix, postfix=postfix, compute_groups=[sorted(names)])
+
+
+def benchmark_metrics(set_name: str, alignment: str, benchmark: str | None = None) -> DepthMetrics:
+    """The evaluator for a named dataset (validation set, test set, benchmark).
+
+    Uses the preset ``benchmark`` if given (an unknown one is an error), else the preset named like the set (``nyu``,
+    ``kitti``, ``hypersim``, ...) if there is one, else range-only defaults.
+    """
+    try:
+        return DepthMetrics(benchmark=benchmark or set_name, alignment=alignment)
+    except ValueError:
+        if benchmark is not None:
+            raise
+        return DepthMetrics(benchmark=None, alignment=alignment)

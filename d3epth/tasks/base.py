@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from d3epth.metrics import DepthMetrics
+from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.utils.visualize import depth_error_panel
 
 Batch = dict[str, Any]
@@ -186,11 +186,7 @@ class DepthTask(L.LightningModule):
             metrics.extend(self._build_metrics(name) for name in names[len(metrics) :])
 
     def _build_metrics(self, set_name: str) -> DepthMetrics:
-        benchmark = (self.hparams.benchmarks or {}).get(set_name, set_name)
-        try:
-            return DepthMetrics(benchmark=benchmark, alignment=self.hparams.alignment)
-        except (KeyError, ValueError):
-            return DepthMetrics(benchmark=None, alignment=self.hparams.alignment)
+        return benchmark_metrics(set_name, self.hparams.alignment, (self.hparams.benchmarks or {}).get(set_name))
 
     def _evaluate(self, split: str, batch: Batch, batch_idx: int, dataloader_idx: int) -> None:
         pred = self.predict_depth(batch)

@@ -20,17 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from d3epth.data import collate_samples
-from d3epth.metrics import DepthMetrics
-
-
-def benchmark_metrics(set_name: str, alignment: str, benchmark: str | None = None) -> DepthMetrics:
-    """The evaluator for a dataset: its benchmark preset (by ``benchmark`` or the set's own name) if there is one."""
-    try:
-        return DepthMetrics(benchmark=benchmark or set_name, alignment=alignment)
-    except ValueError:
-        if benchmark is not None:
-            raise
-        return DepthMetrics(benchmark=None, alignment=alignment)
+from d3epth.metrics import benchmark_metrics
 
 
 @torch.inference_mode()
