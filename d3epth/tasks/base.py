@@ -83,6 +83,17 @@ def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tens
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
+def student_parameter_groups(student: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Optimiser groups of a :class:`~d3epth.models.DepthStudent`.
+
+    The backbone runs at ``backbone_lr_scale`` × ``lr``; the decoder and heads at ``lr``.
+    """
+    return [
+        {"name": "backbone", "params": list(student.backbone.parameters()), "lr": lr * backbone_lr_scale},
+        {"name": "decoder", "params": list(student.decoder_parameters())},
+    ]
+
+
 class DepthTask(L.LightningModule):
     """Shared optimisation, evaluation and logging for depth tasks.
 

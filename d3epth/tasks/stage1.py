@@ -22,7 +22,7 @@ from torch import Tensor
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
 from d3epth.models import DepthStudent
 from d3epth.models.teacher import DiffusionDepthTeacher
-from d3epth.tasks.base import Batch, DepthTask
+from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
 
 def pad_to_multiple(x: Tensor, multiple: int, value: float | bool | None = None) -> Tensor:
@@ -128,13 +128,7 @@ class LatentDistillationTask(DepthTask):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone (``backbone_lr_scale`` × LR) and decoder + heads; the teacher is never optimised."""
-        backbone = list(self.student.backbone.parameters())
-        backbone_ids = {id(p) for p in backbone}
-        rest = [p for p in self.student.parameters() if id(p) not in backbone_ids]
-        return [
-            {"name": "backbone", "params": backbone, "lr": self.hparams.lr * self.hparams.backbone_lr_scale},
-            {"name": "decoder", "params": rest},
-        ]
+        return student_parameter_groups(self.student, self.hparams.lr, self.hparams.backbone_lr_scale)
 
     # ----------------------------------------------------------------------------------------------- evaluation
     def forward(self, image: Tensor) -> Tensor:

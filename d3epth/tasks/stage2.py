@@ -26,7 +26,7 @@ from torch import Tensor
 
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
 from d3epth.models import DepthStudent
-from d3epth.tasks.base import Batch, DepthTask, load_task_checkpoint, sub_state_dict
+from d3epth.tasks.base import Batch, DepthTask, load_task_checkpoint, student_parameter_groups, sub_state_dict
 
 #: Tasks whose checkpoints hold a student that stage 2 can start from.
 STUDENT_TASKS = ("LatentDistillationTask", "PixelRefinementTask")
@@ -170,13 +170,7 @@ class PixelRefinementTask(DepthTask):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone (``backbone_lr_scale`` × LR), decoder and heads, and the weighting (own LR, no weight decay)."""
-        backbone = list(self.student.backbone.parameters())
-        backbone_ids = {id(p) for p in backbone}
-        rest = [p for p in self.student.parameters() if id(p) not in backbone_ids]
-        groups = [
-            {"name": "backbone", "params": backbone, "lr": self.hparams.lr * self.hparams.backbone_lr_scale},
-            {"name": "decoder", "params": rest},
-        ]
+        groups = student_parameter_groups(self.student, self.hparams.lr, self.hparams.backbone_lr_scale)
         groups += [
             {"name": "weighting", **group} for group in self.loss.weighting.param_groups(lr=self.hparams.weighting_lr)
         ]
