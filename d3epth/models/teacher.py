@@ -274,6 +274,40 @@ def _check_dir(path: Path, subfolders: Sequence[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def build_autoencoder(
+    block_out_channels: Sequence[int] = (8, 16, 32, 32),
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    latent_channels: int = 4,
+    sample_size: int = 64,
+    scaling_factor: float = 0.18215,
+    mid_block_attention: bool = True,
+) -> AutoencoderKL:
+    """A diffusers ``AutoencoderKL`` with ``len(block_out_channels)`` levels (down-sampling ``2 ** (levels - 1)``).
+
+    The defaults equal the VAE of ``DiffusionDepthTeacher.from_config`` (4 levels = factor 8, 4 latent channels), so
+    the teacher's UNet (``in_channels = 2 * latent_channels``) accepts this VAE's latents.
+    """
+    if any(c % norm_num_groups for c in block_out_channels):
+        raise ValueError(
+            f"block_out_channels={tuple(block_out_channels)} must be multiples of norm_num_groups={norm_num_groups}"
+        )
+    levels = len(block_out_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=norm_num_groups,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+        mid_block_add_attention=mid_block_attention,
+    )
+
+
 class DiffusionDepthTeacher(nn.Module):
     """Marigold-style latent diffusion depth model: UNet (8-ch input), VAE, schedulers and empty-prompt embedding.
 
@@ -534,15 +568,11 @@ class DiffusionDepthTeacher(nn.Module):
                 use_linear_projection=use_linear_projection,
                 norm_num_groups=norm_num_groups,
             )
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=("DownEncoderBlock2D",) * vae_levels,
-                up_block_types=("UpDecoderBlock2D",) * vae_levels,
-                block_out_channels=tuple(vae_block_out_channels),
+            vae = build_autoencoder(
+                vae_block_out_channels,
                 layers_per_block=vae_layers_per_block,
-                latent_channels=latent_channels,
                 norm_num_groups=vae_norm_num_groups,
+                latent_channels=latent_channels,
                 sample_size=sample_size,
                 scaling_factor=scaling_factor,
             )
