@@ -16,21 +16,12 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from d3epth.models.teacher import SD2_SCHEDULER_CONFIG
+
 CROSS_ATTENTION_DIM = 32
 
-#: Marigold v1-1 scheduler (SD2 betas, v-prediction, trailing spacing, zero terminal SNR).
-SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "prediction_type": "v_prediction",
-    "timestep_spacing": "trailing",
-    "rescale_betas_zero_snr": True,
-}
+#: Marigold v1-1 scheduler (SD2 betas, v-prediction, trailing spacing, zero terminal SNR), as a checkpoint stores it.
+SCHEDULER_CONFIG = dict(SD2_SCHEDULER_CONFIG)
 
 
 def tiny_unet(in_channels: int = 8, seed: int = 0) -> UNet2DConditionModel:
