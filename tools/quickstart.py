@@ -96,8 +96,8 @@ def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale
     cfg = load_config(REPO / stage.config, overrides)
     max_steps = max(1, round(int(cfg.trainer.max_steps) * steps_scale))
     interval = max(1, min(int(cfg.trainer.val_check_interval), max_steps))
-    overrides += [f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={interval}"]
-    cfg = load_config(REPO / stage.config, overrides)
+    cfg.trainer.max_steps, cfg.trainer.val_check_interval = max_steps, interval
+    overrides += [f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={interval}"]  # for the printed command
 
     last = sorted(run_dir(cfg).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     resume = None
