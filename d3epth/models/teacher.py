@@ -758,8 +758,19 @@ class DiffusionDepthTeacher(nn.Module):
                 f"one_step_latent_for_images expects float [B, 3, H, W] in [-1, 1], got {image.dtype} "
                 f"{tuple(image.shape)}"
             )
+        return self.predict_latent_one_step(self.encode_image_padded(image))
+
+    def encode_image_padded(self, image: Tensor) -> Tensor:
+        """Encode images of any size: replicate-pad bottom/right to a multiple of :attr:`vae_scale_factor`, encode.
+
+        Args:
+            image: ``[B, 3, H, W]`` in ``[-1, 1]``, any H and W.
+
+        Returns:
+            ``[B, 4, ⌈H/f⌉, ⌈W/f⌉]``; latent cell (i, j) covers pixels [f·i, f·i+f) × [f·j, f·j+f).
+        """
         padded, _ = MarigoldImageProcessor.pad_image(image, self.vae_scale_factor)
-        return self.predict_latent_one_step(self.encode_image(padded))
+        return self.encode_image(padded)
 
     def unet_features(
         self, rgb_latent: Tensor, depth_latent: Tensor | None = None, names: Sequence[str] = ("mid_block",)

@@ -90,8 +90,9 @@ class LatentDistillationTask(DepthTask):
         """The teacher's one-step depth latent [B,4,⌈H/8⌉,⌈W/8⌉] and the requested UNet features for images."""
         if not self.feature_blocks:
             return self.teacher.one_step_latent_for_images(image).float(), []
-        rgb_latent = self.teacher.encode_image(pad_to_multiple(image, self.teacher.vae_scale_factor))
-        latent, features = self.teacher.unet_features(rgb_latent, None, self.feature_blocks)
+        latent, features = self.teacher.unet_features(
+            self.teacher.encode_image_padded(image), None, self.feature_blocks
+        )
         return latent.float(), [features[name].float() for name in self.feature_blocks]
 
     def decode(self, latent: Tensor, size: torch.Size) -> Tensor:
