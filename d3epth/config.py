@@ -39,6 +39,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from d3epth.errors import ConfigError
+
 #: Module prefixes a ``class_path`` may name. Anything else is refused before import.
 ALLOWED_PREFIXES: tuple[str, ...] = (
     "d3epth.",
@@ -73,10 +75,6 @@ RESERVED_KWARGS: dict[str, tuple[str, ...]] = {
     "logger": ("version", "name"),
     "checkpoint": ("dirpath", "save_on_exception"),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration file, override or class node is invalid. The message is one line, fit for a terminal."""
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = (), validate: bool = True) -> DictConfig:

@@ -10,8 +10,8 @@ import torch
 from data_fixtures import write_hypersim
 
 from d3epth.data import DepthDataModule, HypersimDataset
+from d3epth.models.padding import pad_to_multiple
 from d3epth.tasks import LatentDistillationTask, PixelRefinementTask
-from d3epth.tasks.stage1 import pad_to_multiple
 
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16}
 TEACHER = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults: tiny, random

@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.transforms import FLIP_PAIRS, Compose, HorizontalFlip, RandomCrop, Sample, Transform
+from d3epth.errors import TeacherCacheError
 
 #: ``format`` value of ``index.json``.
 CACHE_FORMAT = "d3epth-teacher-cache"
@@ -74,10 +75,6 @@ TARGET_DESCRIPTION = (
 )
 #: Open shard handles kept per process.
 _MAX_OPEN_SHARDS = 64
-
-
-class TeacherCacheError(ValueError):
-    """A teacher cache does not match what is being trained (entry missing, other size, teacher or dataset)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,10 +23,13 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
+from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, sub_state_dict
 from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.utils.visualize import depth_error_panel
 
 Batch = dict[str, Any]
+
+__all__ = ["TASK_KEY", "Batch", "DepthTask", "load_task_checkpoint", "student_parameter_groups", "sub_state_dict"]
 
 
 def iter_exponential(step: int, total_steps: int, warmup_steps: int = 100, final_ratio: float = 0.01) -> float:
@@ -42,45 +44,6 @@ def iter_exponential(step: int, total_steps: int, warmup_steps: int = 100, final
         return final_ratio
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     return math.exp(progress * math.log(final_ratio))
-
-
-#: Checkpoint key naming the task class that wrote a checkpoint, so a later stage can refuse the wrong one.
-TASK_KEY = "d3epth_task"
-
-
-def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: str) -> dict[str, Any]:
-    """Read a d3epth Lightning checkpoint on the CPU and check which task wrote it.
-
-    Args:
-        path: ``.ckpt`` file.
-        accepted: task class names whose checkpoints are acceptable here.
-        purpose: what the checkpoint is for, for the error message (e.g. ``"model.init_args.init_from"``).
-
-    Returns:
-        The checkpoint dict (``state_dict``, ``hyper_parameters``, ...).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a d3epth checkpoint, or one written by another task (stage).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{purpose}: checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{purpose}: cannot read checkpoint {path}: {err}") from err
-    task = checkpoint.get(TASK_KEY) if isinstance(checkpoint, dict) else None
-    if task is None:
-        raise ValueError(f"{purpose}: {path} is not a d3epth task checkpoint (no '{TASK_KEY}' entry)")
-    if task not in accepted:
-        raise ValueError(f"{purpose}: {path} was written by {task}, expected a checkpoint of {' or '.join(accepted)}")
-    return checkpoint
-
-
-def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The entries of ``state_dict`` under ``prefix`` (e.g. ``"student."``), with the prefix removed."""
-    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 def student_parameter_groups(student: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:

@@ -16,29 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
 from d3epth.models import DepthStudent
+from d3epth.models.padding import pad_to_multiple
 from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
-
-
-def pad_to_multiple(x: Tensor, multiple: int, value: float | bool | None = None) -> Tensor:
-    """Pad [B,C,H,W] at the bottom and right to multiples of ``multiple``: replicate, or a constant ``value``.
-
-    Bottom/right padding keeps latent cell (i, j) on pixels [8i, 8i+8) × [8j, 8j+8), as the student does.
-    """
-    height, width = x.shape[-2:]
-    pad = (0, -width % multiple, 0, -height % multiple)
-    if pad == (0, 0, 0, 0):
-        return x
-    if value is None:
-        return F.pad(x, pad, mode="replicate")
-    if x.dtype == torch.bool:
-        return F.pad(x.to(torch.uint8), pad, value=int(value)).bool()
-    return F.pad(x, pad, value=float(value))
 
 
 class LatentDistillationTask(DepthTask):
