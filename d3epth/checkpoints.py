@@ -8,14 +8,24 @@ wrong one with a message instead of a shape mismatch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from d3epth.errors import CheckpointError, MissingFileError
 
-__all__ = ["TASK_KEY", "load_task_checkpoint", "sub_state_dict"]
+__all__ = [
+    "AUTOENCODER",
+    "STUDENT",
+    "TASKS",
+    "TASK_KEY",
+    "TEACHER",
+    "TaskInfo",
+    "load_task_checkpoint",
+    "sub_state_dict",
+    "tasks_with",
+]
 
 #: Checkpoint key naming the task class that wrote a checkpoint, so a later stage can refuse the wrong one.
 TASK_KEY = "d3epth_task"
@@ -56,3 +66,49 @@ def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: s
 def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """The entries of ``state_dict`` under ``prefix`` (e.g. ``"student."``), with the prefix removed."""
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Task identity
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: What a task's checkpoint can serve as. A stage asks for a capability, never for class names.
+STUDENT = "student"  # holds a trained DepthStudent under ``student.*`` (stage 1, stage 2, baseline)
+TEACHER = "teacher"  # holds a DiffusionDepthTeacher under ``teacher.*`` (teacher training)
+AUTOENCODER = "autoencoder"  # holds a diffusers AutoencoderKL under ``vae.*`` (sample-scale VAE training)
+
+
+class TaskInfo(NamedTuple):
+    """A task as its checkpoints name it.
+
+    Attributes:
+        name: the class name written under :data:`TASK_KEY`.
+        module: the module that defines the class (imported only when the class itself is needed).
+        capabilities: what a checkpoint of this task can serve as (:data:`STUDENT`, :data:`TEACHER`,
+            :data:`AUTOENCODER`).
+    """
+
+    name: str
+    module: str
+    capabilities: frozenset[str]
+
+
+#: Every task whose checkpoints d3epth reads. ``d3epth.tasks.registry`` resolves the classes; a test checks that the
+#: table and the task classes agree.
+TASKS: dict[str, TaskInfo] = {
+    info.name: info
+    for info in (
+        TaskInfo("AutoencoderTask", "d3epth.tasks.autoencoder", frozenset({AUTOENCODER})),
+        TaskInfo("TeacherTask", "d3epth.tasks.teacher", frozenset({TEACHER})),
+        TaskInfo("LatentDistillationTask", "d3epth.tasks.stage1", frozenset({STUDENT})),
+        TaskInfo("PixelRefinementTask", "d3epth.tasks.stage2", frozenset({STUDENT})),
+    )
+}
+
+
+def tasks_with(*capabilities: str) -> tuple[str, ...]:
+    """Names of the tasks having any of ``capabilities``, in :data:`TASKS` order (for :func:`load_task_checkpoint`)."""
+    unknown = set(capabilities) - {STUDENT, TEACHER, AUTOENCODER}
+    if unknown:
+        raise ValueError(f"unknown task capabilities {sorted(unknown)}")
+    return tuple(name for name, info in TASKS.items() if info.capabilities & set(capabilities))

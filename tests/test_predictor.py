@@ -12,9 +12,8 @@ from diffusers import MarigoldDepthPipeline
 from teacher_fixtures import tiny_marigold_dir, tiny_sd2_dir  # noqa: F401 (fixtures)
 
 from d3epth.models import DepthStudent, DiffusionDepthTeacher
+from d3epth.models.depth_model import StudentDepthModel, decode_depth_latent
 from d3epth.models.export import (
-    StudentDepthModel,
-    decode_depth_latent,
     is_exported_student,
     load_student,
     read_export_config,

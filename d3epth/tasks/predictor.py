@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from d3epth.models.export import StudentDepthModel, is_exported_student, load_student
+from d3epth.models.depth_model import StudentDepthModel
+from d3epth.models.export import is_exported_student, load_student
 from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.tasks.base import TASK_KEY, DepthTask, load_task_checkpoint
 
