@@ -33,7 +33,7 @@ def test_latent_mask_rejects_bad_input() -> None:
         latent_mask_from_pixels(torch.ones(1, 1, 12, 16, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"must be a torch\.bool tensor"):
         latent_mask_from_pixels(torch.ones(1, 1, 16, 16))
-    with pytest.raises(ValueError, match=r"shape \(B, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"shape \[B,1,H,W\]"):
         latent_mask_from_pixels(torch.ones(1, 2, 16, 16, dtype=torch.bool))
 
 

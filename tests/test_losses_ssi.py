@@ -174,8 +174,8 @@ def test_float64_inputs_stay_float64() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"pred": torch.rand(2, 8, 8)}, r"'pred' must have shape \(B, 1, H, W\)"),
-        ({"pred": torch.rand(2, 3, 8, 8)}, r"'pred' must have shape \(B, 1, H, W\)"),
+        ({"pred": torch.rand(2, 8, 8)}, r"'pred' must have shape \[B,1,H,W\]"),
+        ({"pred": torch.rand(2, 3, 8, 8)}, r"'pred' must have shape \[B,1,H,W\]"),
         ({"target": torch.rand(2, 1, 8, 7)}, "'target' must have the shape of 'pred'"),
         ({"mask": torch.ones(2, 1, 8, 8)}, "'mask' must be a torch.bool tensor"),
         ({"mask": torch.ones(2, 1, 4, 8, dtype=torch.bool)}, "'mask' must have the shape of 'pred'"),

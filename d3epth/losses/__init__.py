@@ -1,7 +1,7 @@
 """Losses: SSI, gradient (MiDaS matching, edge-aware Huber), hybrid depth loss, task weightings, distillation.
 
 Each objective is a function holding the math plus a thin ``nn.Module`` holding its hyper-parameters. Depth tensors
-are ``(B, 1, H, W)`` with a ``torch.bool`` valid mask of the same shape.
+are ``[B,1,H,W]`` with a ``torch.bool`` valid mask of the same shape.
 """
 
 from d3epth.losses.distill import (

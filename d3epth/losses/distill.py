@@ -38,17 +38,17 @@ def latent_mask_from_pixels(mask: Tensor, channels: int = 4, factor: int = 8) ->
     invalidates the latent cell) and repeated to ``channels`` channels.
 
     Args:
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)`` with H and W divisible by ``factor``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]`` with H and W divisible by ``factor``.
         channels: number of latent channels C.
         factor: VAE downsampling factor (8 for Stable Diffusion's VAE).
 
     Returns:
-        Valid latent cells, ``torch.bool``, shape ``(B, C, H / factor, W / factor)``.
+        Valid latent cells, ``torch.bool``, shape ``[B,C,H/factor,W/factor]``.
     """
     if not isinstance(mask, Tensor):
         raise TypeError(f"latent_mask_from_pixels: 'mask' must be a torch.Tensor, got {type(mask).__name__}")
     if mask.ndim != 4 or mask.shape[1] != 1:
-        raise ValueError(f"latent_mask_from_pixels: 'mask' must have shape (B, 1, H, W), got {tuple(mask.shape)}")
+        raise ValueError(f"latent_mask_from_pixels: 'mask' must have shape [B,1,H,W], got {tuple(mask.shape)}")
     if mask.dtype != torch.bool:
         raise ValueError(f"latent_mask_from_pixels: 'mask' must be a torch.bool tensor, got {mask.dtype}")
     if channels < 1 or factor < 1:
@@ -166,7 +166,7 @@ def feature_distillation_loss(
     where ``resize`` brings the student map to the teacher's spatial size when they differ.
 
     Args:
-        student_features: P tensors ``(B, C_j, H_j, W_j)`` (after adapters: same channels as the teacher's).
+        student_features: P tensors ``[B,C_j,H_j,W_j]`` (after adapters: same channels as the teacher's).
         teacher_features: P tensors ``(B, C_j, H'_j, W'_j)``.
         resize_mode: ``"auto"`` (area average when shrinking, bilinear when enlarging), ``"bilinear"``
             (anti-aliased when shrinking), ``"nearest"`` or ``"area"``.
@@ -189,7 +189,7 @@ def feature_distillation_loss(
         if student.ndim != 4 or teacher.ndim != 4 or student.shape[:2] != teacher.shape[:2]:
             raise ValueError(
                 f"{caller}: pair {j}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} must be "
-                "(B, C, H, W) with the same B and C"
+                "[B,C,H,W] with the same B and C"
             )
         dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
         with torch.autocast(device_type=student.device.type, enabled=False):

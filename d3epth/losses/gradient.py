@@ -5,7 +5,7 @@ Two forms:
 - :func:`gradient_matching_loss`: MiDaS' multi-scale gradient matching term (Ranftl et al., TPAMI 2020), kept exactly
   in its published form (strided subsampling, forward differences, L1, neighbour-product masks).
 - :func:`gradient_huber_loss`: our "edge-aware gradient Huber" term of the Hybrid Depth Loss (D³epth's stage 2). The
-  paper does not publish its formula; the form documented below is our assumption (DESIGN.md §4).
+  paper does not publish its formula; the form documented below is our assumption (``docs/design.md``).
 
 Both compare gradients of the prediction *after* least-squares scale/shift alignment with gradients of the target.
 Because a spatial gradient is linear, :math:`\nabla\hat p - \nabla g = \nabla(\hat p - g)`, so both are computed
@@ -81,9 +81,9 @@ def gradient_matching_loss(
     α = 0.5.
 
     Args:
-        pred: predicted depth, shape ``(B, 1, H, W)``; aligned to ``target`` first unless ``align=False``.
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
+        pred: predicted depth, shape ``[B,1,H,W]``; aligned to ``target`` first unless ``align=False``.
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
         scales: number of scales K.
         reduction: ``"batch"`` or ``"image"``.
         align: align ``pred`` with :func:`~d3epth.losses.ssi.align_prediction` first; pass ``False`` when ``pred``
@@ -179,9 +179,9 @@ def edge_weights(
     weights.
 
     Args:
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
-        image: RGB image in [-1, 1], shape ``(B, C, H, W)``; required for ``source`` ``"image"`` or ``"both"``.
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
+        image: RGB image in [-1, 1], shape ``[B,C,H,W]``; required for ``source`` ``"image"`` or ``"both"``.
         source: ``"image"``, ``"depth"``, ``"both"`` or ``"none"``.
         beta: extra weight at a full edge (``w`` tends to ``1 + beta``).
         sigma_image: image-gradient magnitude (in image units per pixel) at which :math:`a_{img} = 1 - 1/e`.
@@ -190,7 +190,7 @@ def edge_weights(
         gradient_mode: ``"sobel"`` or ``"diff"`` (central difference), passed to ``kornia.filters.spatial_gradient``.
 
     Returns:
-        Weights, shape ``(B, 1, H, W)``, float32 (float64 for float64 targets), detached.
+        Weights, shape ``[B,1,H,W]``, float32 (float64 for float64 targets), detached.
     """
     caller = "edge_weights"
     check_depth_inputs(target, target, mask, caller=caller)
@@ -203,10 +203,10 @@ def edge_weights(
         )
     if source in ("image", "both"):
         if image is None:
-            raise ValueError(f"{caller}: source={source!r} needs 'image' (B, C, H, W), got None")
+            raise ValueError(f"{caller}: source={source!r} needs 'image' [B,C,H,W], got None")
         if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[0] != target.shape[0]:
             got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"{caller}: 'image' must have shape (B, C, H, W) with B={target.shape[0]}, got {got}")
+            raise ValueError(f"{caller}: 'image' must have shape [B,C,H,W] with B={target.shape[0]}, got {got}")
         if image.shape[-2:] != target.shape[-2:]:
             raise ValueError(
                 f"{caller}: 'image' must have the spatial size of 'target' {tuple(target.shape[-2:])}, got "
@@ -280,10 +280,10 @@ def gradient_huber_loss(
       MiDaS), so ``delta`` and the loss scale do not depend on K.
 
     Args:
-        pred: predicted depth, shape ``(B, 1, H, W)``.
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
-        image: RGB image in [-1, 1], shape ``(B, C, H, W)``; needed for ``edge_source`` ``"image"``/``"both"``.
+        pred: predicted depth, shape ``[B,1,H,W]``.
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
+        image: RGB image in [-1, 1], shape ``[B,C,H,W]``; needed for ``edge_source`` ``"image"``/``"both"``.
         scales: number of scales K.
         delta: Huber threshold δ, target units per pixel.
         edge_source: ``"image"``, ``"depth"``, ``"both"`` or ``"none"``, see :func:`edge_weights`.
@@ -351,7 +351,7 @@ class GradientMatchingLoss(nn.Module):
         self.align = align
 
     def forward(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        """Compute the loss for ``(B, 1, H, W)`` inputs, see :func:`gradient_matching_loss`."""
+        """Compute the loss for ``[B,1,H,W]`` inputs, see :func:`gradient_matching_loss`."""
         return gradient_matching_loss(
             pred, target, mask, scales=self.scales, reduction=self.reduction, align=self.align
         )
@@ -407,7 +407,7 @@ class GradientHuberLoss(nn.Module):
         self.align = align
 
     def forward(self, pred: Tensor, target: Tensor, mask: Tensor, image: Tensor | None = None) -> Tensor:
-        """Compute the loss for ``(B, 1, H, W)`` inputs (image ``(B, C, H, W)``), see :func:`gradient_huber_loss`."""
+        """Compute the loss for ``[B,1,H,W]`` inputs (image ``[B,C,H,W]``), see :func:`gradient_huber_loss`."""
         return gradient_huber_loss(
             pred,
             target,

@@ -1,7 +1,8 @@
 """Hybrid Depth Loss: SSI (global structure) + edge-aware gradient Huber (detail) under a task weighting.
 
 D³epth's stage-2 (and D²epth's) pixel-space objective. The paper names the two terms and says they are balanced by
-"dynamic task weighting" but publishes no formula; the forms here are our documented assumptions (DESIGN.md §4):
+"dynamic task weighting" but publishes no formula; the forms here are our documented assumptions
+(``docs/design.md``, "Choices where the paper is silent"):
 :func:`~d3epth.losses.ssi.ssi_loss` and :func:`~d3epth.losses.gradient.gradient_huber_loss`, combined by a weighting
 from :mod:`d3epth.losses.weighting` (uncertainty by default).
 """
@@ -55,7 +56,7 @@ class HybridDepthLoss(nn.Module):
             ``{"window": 50}`` for ``"dwa"``).
 
     Shape:
-        - pred, target, mask: ``(B, 1, H, W)``; mask is ``torch.bool``; image ``(B, 3, H, W)`` in [-1, 1].
+        - pred, target, mask: ``[B,1,H,W]``; mask is ``torch.bool``; image ``[B,3,H,W]`` in [-1, 1].
         - Output: ``(loss, parts)``; ``loss`` a scalar, ``parts`` a dict of detached scalars ``loss_ssi``,
           ``loss_grad``, ``weight_ssi``, ``weight_grad`` (and ``loss_gradnorm`` with GradNorm in training).
     """
@@ -107,10 +108,10 @@ class HybridDepthLoss(nn.Module):
         """Compute the weighted hybrid loss.
 
         Args:
-            pred: predicted depth, shape ``(B, 1, H, W)``.
-            target: ground-truth depth, shape ``(B, 1, H, W)``.
-            mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
-            image: RGB in [-1, 1], shape ``(B, 3, H, W)``; required when ``edge_source`` is ``"image"``/``"both"``.
+            pred: predicted depth, shape ``[B,1,H,W]``.
+            target: ground-truth depth, shape ``[B,1,H,W]``.
+            mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
+            image: RGB in [-1, 1], shape ``[B,3,H,W]``; required when ``edge_source`` is ``"image"``/``"both"``.
             shared_parameters: GradNorm's shared parameters (training only); ignored by the other weightings.
 
         Returns:
@@ -119,7 +120,7 @@ class HybridDepthLoss(nn.Module):
         check_depth_inputs(pred, target, mask, caller="HybridDepthLoss")
         if self.gradient.edge_source in ("image", "both") and image is None:
             raise ValueError(
-                f"HybridDepthLoss: edge_source={self.gradient.edge_source!r} needs 'image' (B, 3, H, W), got None"
+                f"HybridDepthLoss: edge_source={self.gradient.edge_source!r} needs 'image' [B,3,H,W], got None"
             )
         aligned = align_prediction(pred, target, mask)
         loss_ssi = aligned_data_loss(aligned, target, mask, data_term=self.data_term, reduction=self.reduction)

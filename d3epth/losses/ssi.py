@@ -37,7 +37,7 @@ def check_depth_inputs(pred: Tensor, target: Tensor, mask: Tensor, *, caller: st
     """Validate a ``(pred, target, mask)`` triple of depth maps.
 
     Args:
-        pred: predicted depth, floating point, shape ``(B, 1, H, W)``.
+        pred: predicted depth, floating point, shape ``[B,1,H,W]``.
         target: ground-truth depth, floating point, same shape as ``pred``.
         mask: valid-pixel mask, ``torch.bool``, same shape as ``pred``.
         caller: name of the calling function, used in the error messages.
@@ -50,7 +50,7 @@ def check_depth_inputs(pred: Tensor, target: Tensor, mask: Tensor, *, caller: st
         if not isinstance(value, Tensor):
             raise TypeError(f"{caller}: '{name}' must be a torch.Tensor, got {type(value).__name__}")
     if pred.ndim != 4 or pred.shape[1] != 1:
-        raise ValueError(f"{caller}: 'pred' must have shape (B, 1, H, W), got {tuple(pred.shape)}")
+        raise ValueError(f"{caller}: 'pred' must have shape [B,1,H,W], got {tuple(pred.shape)}")
     if target.shape != pred.shape:
         raise ValueError(
             f"{caller}: 'target' must have the shape of 'pred' {tuple(pred.shape)}, got {tuple(target.shape)}"
@@ -100,9 +100,9 @@ def compute_scale_and_shift(pred: Tensor, target: Tensor, mask: Tensor, eps: flo
     functions of ``pred`` (and ``target``).
 
     Args:
-        pred: predicted depth, shape ``(B, 1, H, W)``, any unit.
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
+        pred: predicted depth, shape ``[B,1,H,W]``, any unit.
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
         eps: relative threshold on the prediction's variance below which an image counts as singular.
 
     Returns:
@@ -137,13 +137,13 @@ def align_prediction(pred: Tensor, target: Tensor, mask: Tensor, eps: float = 1e
     """Return ``s * pred + t`` with the per-image least-squares ``s, t`` of :func:`compute_scale_and_shift`.
 
     Args:
-        pred: predicted depth, shape ``(B, 1, H, W)``.
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
+        pred: predicted depth, shape ``[B,1,H,W]``.
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
         eps: singularity threshold, see :func:`compute_scale_and_shift`.
 
     Returns:
-        Aligned prediction, shape ``(B, 1, H, W)``, float32 (float64 for float64 inputs), in the target's unit.
+        Aligned prediction, shape ``[B,1,H,W]``, float32 (float64 for float64 inputs), in the target's unit.
     """
     scale, shift = compute_scale_and_shift(pred, target, mask, eps=eps)
     with torch.autocast(device_type=pred.device.type, enabled=False):
@@ -166,9 +166,9 @@ def aligned_data_loss(
     the loss, and a batch without any valid pixel gives 0 (still attached to the graph).
 
     Args:
-        aligned: aligned prediction, shape ``(B, 1, H, W)``.
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
+        aligned: aligned prediction, shape ``[B,1,H,W]``.
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
         data_term: ``"l1"`` or ``"l2"``.
         reduction: ``"batch"``, ``"image"`` or ``"none"``.
 
@@ -222,9 +222,9 @@ def ssi_loss(
     ``"image"`` averages per-image means instead (the evaluation protocol's weighting).
 
     Args:
-        pred: predicted depth, shape ``(B, 1, H, W)``, any unit and any floating dtype (autocast output is fine).
-        target: ground-truth depth, shape ``(B, 1, H, W)``.
-        mask: valid pixels, ``torch.bool``, shape ``(B, 1, H, W)``.
+        pred: predicted depth, shape ``[B,1,H,W]``, any unit and any floating dtype (autocast output is fine).
+        target: ground-truth depth, shape ``[B,1,H,W]``.
+        mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
         data_term: ``"l1"`` or ``"l2"``.
         reduction: ``"batch"``, ``"image"`` or ``"none"`` (per-image values, shape ``(B,)``).
         eps: singularity threshold, see :func:`compute_scale_and_shift`.
@@ -251,7 +251,7 @@ class SSILoss(nn.Module):
         eps: singularity threshold, see :func:`compute_scale_and_shift`.
 
     Shape:
-        - pred, target, mask: ``(B, 1, H, W)``; mask is ``torch.bool``.
+        - pred, target, mask: ``[B,1,H,W]``; mask is ``torch.bool``.
         - Output: scalar (``(B,)`` for ``reduction="none"``).
     """
 

@@ -59,7 +59,7 @@ class Alignment(NamedTuple):
     """Result of aligning a batch.
 
     Attributes:
-        depth: Aligned depth [B, 1, H, W], float64, metres (before any range clipping).
+        depth: Aligned depth [B,1,H,W], float64, metres (before any range clipping).
         scale: Per-image scale [B], float64 (in disparity space: of the disparity).
         shift: Per-image shift [B], float64.
         num_pixels: Pixels used by the fit per image [B], int64; 0 means the fit had no data.
@@ -72,14 +72,14 @@ class Alignment(NamedTuple):
 
 
 def as_depth_batch(x: Tensor, name: str) -> Tensor:
-    """Return ``x`` as [B, 1, H, W], accepting [B, H, W].
+    """Return ``x`` as [B,1,H,W], accepting [B,H,W].
 
     Args:
-        x: Tensor [B, 1, H, W] or [B, H, W].
+        x: Tensor [B,1,H,W] or [B,H,W].
         name: Argument name for the error message.
 
     Returns:
-        A view of ``x`` shaped [B, 1, H, W].
+        A view of ``x`` shaped [B,1,H,W].
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"'{name}' must be a torch.Tensor, got {type(x).__name__}")
@@ -87,7 +87,7 @@ def as_depth_batch(x: Tensor, name: str) -> Tensor:
         return x.unsqueeze(1)
     if x.dim() == 4 and x.shape[1] == 1:
         return x
-    raise ValueError(f"'{name}' must have shape [B, 1, H, W] or [B, H, W], got {tuple(x.shape)}")
+    raise ValueError(f"'{name}' must have shape [B,1,H,W] or [B,H,W], got {tuple(x.shape)}")
 
 
 def _check_inputs(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -122,9 +122,9 @@ def fit_scale_shift(
     """Per-image least-squares ``[s, t] = argmin sum_mask (s * pred + t - target)^2``, in float64.
 
     Args:
-        pred: Prediction [B, 1, H, W] or [B, H, W], any float dtype.
-        target: Target [B, 1, H, W] or [B, H, W], same units the aligned prediction should have.
-        mask: Bool [B, 1, H, W] or [B, H, W]; pixels that enter the fit.
+        pred: Prediction [B,1,H,W] or [B,H,W], any float dtype.
+        target: Target [B,1,H,W] or [B,H,W], same units the aligned prediction should have.
+        mask: Bool [B,1,H,W] or [B,H,W]; pixels that enter the fit.
         max_resolution: If set and the image is larger, fit on a nearest-downsampled copy whose longest side is at
             most this many pixels.
 
@@ -162,13 +162,13 @@ def align_depth(pred: Tensor, target: Tensor, mask: Tensor, max_resolution: int 
     """Align an affine-invariant depth prediction to ground-truth depth by per-image least squares.
 
     Args:
-        pred: Predicted (relative) depth [B, 1, H, W] or [B, H, W].
-        target: Ground-truth depth [B, 1, H, W] or [B, H, W] in metres.
+        pred: Predicted (relative) depth [B,1,H,W] or [B,H,W].
+        target: Ground-truth depth [B,1,H,W] or [B,H,W] in metres.
         mask: Bool mask of valid pixels, same shape.
         max_resolution: Optional fit resolution limit (see ``fit_scale_shift``).
 
     Returns:
-        ``Alignment`` with ``depth = scale * pred + shift`` [B, 1, H, W] (float64, metres) at every pixel.
+        ``Alignment`` with ``depth = scale * pred + shift`` [B,1,H,W] (float64, metres) at every pixel.
     """
     pred, target, mask = _check_inputs(pred, target, mask)
     scale, shift, n = fit_scale_shift(pred, target, mask, max_resolution)
@@ -183,13 +183,13 @@ def align_disparity(pred: Tensor, target: Tensor, mask: Tensor, max_resolution: 
     ``mask & (g > 0) & (pred > 0)``; aligned disparity ``max(s * pred + t, 1e-3)`` at every pixel; depth = its inverse.
 
     Args:
-        pred: Predicted (relative) disparity [B, 1, H, W] or [B, H, W]; larger = closer.
-        target: Ground-truth depth [B, 1, H, W] or [B, H, W] in metres.
+        pred: Predicted (relative) disparity [B,1,H,W] or [B,H,W]; larger = closer.
+        target: Ground-truth depth [B,1,H,W] or [B,H,W] in metres.
         mask: Bool mask of valid pixels, same shape.
         max_resolution: Optional fit resolution limit (see ``fit_scale_shift``).
 
     Returns:
-        ``Alignment`` with aligned depth [B, 1, H, W] (float64, metres, in (0, 1000]); scale and shift are those of
+        ``Alignment`` with aligned depth [B,1,H,W] (float64, metres, in (0, 1000]); scale and shift are those of
         the disparity.
     """
     pred, target, mask = _check_inputs(pred, target, mask)
@@ -213,7 +213,7 @@ def align(
     """Align a prediction to ground truth in the given space.
 
     Args:
-        pred: Prediction [B, 1, H, W] or [B, H, W]: relative depth (``"depth"``), relative disparity
+        pred: Prediction [B,1,H,W] or [B,H,W]: relative depth (``"depth"``), relative disparity
             (``"disparity"``) or metric depth in metres (``"none"``).
         target: Ground-truth depth in metres, same shape.
         mask: Bool mask of valid pixels, same shape.
@@ -221,7 +221,7 @@ def align(
         max_resolution: Optional fit resolution limit (see ``fit_scale_shift``).
 
     Returns:
-        ``Alignment`` (aligned depth [B, 1, H, W] float64 in metres, scale [B], shift [B], num_pixels [B]).
+        ``Alignment`` (aligned depth [B,1,H,W] float64 in metres, scale [B], shift [B], num_pixels [B]).
     """
     if space == "depth":
         return align_depth(pred, target, mask, max_resolution)

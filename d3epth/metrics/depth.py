@@ -93,7 +93,7 @@ def per_image_depth_metrics(pred: Tensor, target: Tensor, mask: Tensor) -> tuple
     """The nine metrics for each image of a batch (no alignment, no clipping).
 
     Args:
-        pred: Positive predicted depth [B, 1, H, W] or [B, H, W] in metres (already aligned and clipped).
+        pred: Positive predicted depth [B,1,H,W] or [B,H,W] in metres (already aligned and clipped).
         target: Positive ground-truth depth, same shape, metres.
         mask: Bool, same shape; pixels to score.
 
@@ -211,7 +211,7 @@ class BaseDepthMetric(Metric):
         """Evaluate each image of a batch without touching the state (e.g. for per-image result tables).
 
         Args:
-            pred: Prediction [B, 1, H, W] or [B, H, W]: relative depth, relative disparity or metric depth in metres,
+            pred: Prediction [B,1,H,W] or [B,H,W]: relative depth, relative disparity or metric depth in metres,
                 according to ``alignment``.
             target: Ground-truth depth in metres, same shape; invalid pixels may hold anything (0, inf, NaN).
             valid_mask: Bool, same shape, or ``None`` (range and crop only).
@@ -243,7 +243,7 @@ class BaseDepthMetric(Metric):
         """Add a batch.
 
         Args:
-            pred: Prediction [B, 1, H, W] or [B, H, W] (see ``per_image``); any float dtype.
+            pred: Prediction [B,1,H,W] or [B,H,W] (see ``per_image``); any float dtype.
             target: Ground-truth depth in metres, same shape.
             valid_mask: Bool, same shape (the sample dict's ``valid_mask``), or ``None``.
         """
