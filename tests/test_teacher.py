@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -393,6 +395,35 @@ def test_export_replaces_text_encoder_that_does_not_match(tiny_marigold_dir: Pat
     assert teacher.text_source is not None  # the directory's CLIP exists but encodes something else
     with pytest.warns(UserWarning, match="does not reproduce"):
         _check_export(teacher.freeze(), tmp_path / "export")
+
+
+def test_replace_changes_one_setting_and_shares_modules(teacher: DiffusionDepthTeacher) -> None:
+    with pytest.warns(UserWarning, match="leading"):
+        leading = teacher.replace(timestep_spacing="leading")
+    assert leading.unet is teacher.unet and leading.vae is teacher.vae and leading.text_source == teacher.text_source
+    assert leading.scheduler.config.timestep_spacing == "leading"
+    assert teacher.scheduler.config.timestep_spacing == "trailing"  # the original is left as it is
+    torch.testing.assert_close(leading.empty_text_embedding, teacher.empty_text_embedding, atol=0, rtol=0)
+    other = DiffusionDepthTeacher.from_config(seed=2).vae
+    swapped = teacher.replace(vae=other)
+    assert swapped.vae is other and swapped.unet is teacher.unet
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(swapped.noise_scheduler.config) == public(teacher.noise_scheduler.config)
+
+
+def test_teacher_package_imports_without_lightning_or_tasks() -> None:
+    code = (
+        "import sys\n"
+        "from d3epth.models.teacher import (DepthPrediction, DiffusionDepthTeacher, EMPTY_TEXT_EMBEDDING_FILE,\n"
+        "    SD2_SCHEDULER_CONFIG, OneStepPrediction, build_autoencoder, compute_empty_text_embedding,\n"
+        "    load_autoencoder, load_empty_text_embedding, load_teacher, save_empty_text_embedding,\n"
+        "    teacher_architecture, widen_conv_in)\n"
+        "import d3epth.models.export\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')\n"
+        "             or m.startswith('d3epth.tasks'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_freeze_is_sticky(tiny_marigold_dir: Path) -> None:  # noqa: F811

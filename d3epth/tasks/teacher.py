@@ -2,16 +2,16 @@
 
 Two training modes of :class:`TeacherTask`, both training only the UNet (the VAE is frozen, outside the optimiser):
 
-* ``mode: diffusion`` — Marigold (Ke et al., CVPR 2024, §3.3): RGB and normalised depth are VAE-encoded
-  (posterior mean × scaling factor), ``t ~ U{0..T-1}`` per sample, annealed multi-resolution noise
-  (:mod:`d3epth.models.noise`), ``z_t = noise_scheduler.add_noise(z0, ε, t)``, and a masked latent MSE between the
-  UNet output and the target of the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for SD2). The latent mask drops
-  every 8×8 cell holding an invalid pixel.
-* ``mode: e2e`` — E2E-FT (Garcia et al., WACV 2025, §4): ``t = T-1 = 999``, zero depth latent, x0 from the
-  model output, decoded by the frozen VAE decoder (gradients flow through it) to depth in [-1, 1], and a pixel-space
-  loss against ``depth_norm`` on the valid mask: ``loss: ssi`` (E2E-FT's least-squares-aligned L1, fp32) or
-  ``loss: hybrid`` (D²epth: :class:`~d3epth.losses.HybridDepthLoss`, whose weighting parameters join the optimiser
-  without weight decay).
+* ``mode: diffusion`` — Marigold (Ke et al., CVPR 2024; Marigold's ``src/trainer/marigold_depth_trainer.py``): RGB
+  and normalised depth are VAE-encoded (posterior mean × scaling factor), ``t ~ U{0..T-1}`` per sample, annealed
+  multi-resolution noise (:mod:`d3epth.models.noise`), ``z_t = noise_scheduler.add_noise(z0, ε, t)``, and a masked
+  latent MSE between the UNet output and the target of the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for
+  SD2). The latent mask drops every 8×8 cell holding an invalid pixel.
+* ``mode: e2e`` — E2E-FT (Garcia et al., WACV 2025; diffusion-e2e-ft's ``training/train.py``): ``t = T-1 = 999``,
+  zero depth latent, x0 from the model output, decoded by the frozen VAE decoder (gradients flow through it) to depth
+  in [-1, 1], and a pixel-space loss against ``depth_norm`` on the valid mask: ``loss: ssi`` (E2E-FT's
+  least-squares-aligned L1, fp32) or ``loss: hybrid`` (D²epth: :class:`~d3epth.losses.HybridDepthLoss`, whose
+  weighting parameters join the optimiser without weight decay).
 
 Validation predicts depth with one DDIM step (trailing spacing, zero initial noise; E2E-FT's fix) in [0, 1]; the shared
 evaluator aligns it per image. The teacher comes from any source :func:`~d3epth.models.teacher.sources.load_teacher`
