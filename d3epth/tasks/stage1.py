@@ -3,10 +3,9 @@
 The frozen teacher turns each image into its single-step depth latent: the RGB latent and a zero depth latent go
 through the UNet once at t = 999 (trailing spacing) and x0 is read off the model output — the deterministic one-step
 prediction of E2E-FT (Garcia et al., WACV 2025). This target is an assumption: D³epth (ACML 2025) says only
-"latent-space distillation". The student's ``latent`` head
-regresses it with the masked latent MSE of Marigold (a latent cell counts only when all its 8×8 pixels have valid
-ground truth). Optionally, the student's ``features`` head (1×1 adapters) regresses the outputs of named UNet blocks
-captured by forward hooks in the same teacher pass.
+"latent-space distillation". The student's ``latent`` head regresses it with the masked latent MSE of Marigold (a
+latent cell counts only when all its 8×8 pixels have valid ground truth). Optionally, the student's ``features`` head
+(1×1 adapters) regresses the outputs of named UNet blocks captured by forward hooks in the same teacher pass.
 
 Validation decodes the student's latent with the teacher's VAE decoder and scores it with the shared evaluator, next
 to the teacher's own one-step depth in the logged images (RGB | GT | student | error | teacher | error).
