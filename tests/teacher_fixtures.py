@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from d3epth.models.teacher import SD2_SCHEDULER_CONFIG
+from d3epth.models.teacher.build import SD2_SCHEDULER_CONFIG
 
 CROSS_ATTENTION_DIM = 32
 

@@ -10,6 +10,7 @@ import torch
 from data_fixtures import write_hypersim
 
 from d3epth.data import DepthDataModule, HypersimDataset
+from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.padding import pad_to_multiple
 from d3epth.tasks import LatentDistillationTask, PixelRefinementTask
 
@@ -93,12 +94,34 @@ def test_stage1_loss_is_the_masked_latent_mse_to_the_teacher(datamodule_factory)
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():
         student = task.student(batch["image"], heads=("latent",))["latent"]
-        target = task.teacher.predict_latent_one_step(task.teacher.encode_image(batch["image"]))
+        rgb = task.teacher.encode_image(batch["image"])  # 32x48: no padding needed
+        zeros = torch.zeros_like(rgb)
+        target = task.teacher.latent_from_model_output(task.teacher(rgb, zeros, 999), zeros, 999)
         mask = batch["valid_mask"].float()
         cell_valid = -torch.nn.functional.max_pool2d(-mask, 8)  # 1 where all 8x8 pixels are valid
         cell_valid = cell_valid.expand_as(student)
         expected = ((student - target) ** 2 * cell_valid).sum() / cell_valid.sum()
         assert torch.allclose(task.training_step(batch, 0), expected, rtol=1e-5)
+
+
+def test_stage_forward_is_the_student_depth_model_and_keys_are_unchanged() -> None:
+    image = torch.rand(2, 3, 36, 44, generator=torch.Generator().manual_seed(0)) * 2 - 1  # not multiples of 8
+    stage1 = LatentDistillationTask(student=STUDENT, teacher=TEACHER).eval()
+    stage2_vae = PixelRefinementTask(student={**STUDENT, "heads": ["latent"]}, pixel_decoder="vae", teacher=TEACHER)
+    stage2_light = PixelRefinementTask(student={**STUDENT, "heads": ["depth"]}).eval()
+    with torch.no_grad():
+        for task, vae in (
+            (stage1, stage1.teacher.vae),
+            (stage2_vae.eval(), stage2_vae.teacher.vae),
+            (stage2_light, None),
+        ):
+            expected = StudentDepthModel(task.student, vae).eval()(image)
+            assert task(image).shape == (2, 1, 36, 44)
+            torch.testing.assert_close(task(image), expected, atol=0, rtol=0)
+    # No wrapper module is registered: checkpoints keep their student.* / teacher.* / loss.* keys.
+    for task in (stage1, stage2_vae, stage2_light):
+        prefixes = {key.split(".")[0] for key in task.state_dict()}
+        assert prefixes <= {"student", "teacher", "loss", "val_metrics", "test_metrics"}, prefixes
 
 
 def test_stage1_feature_distillation_builds_matching_adapters(datamodule_factory) -> None:

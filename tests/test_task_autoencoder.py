@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader
 
 from d3epth.data import DepthDataModule
 from d3epth.models.teacher import DiffusionDepthTeacher
-from d3epth.tasks.autoencoder import AutoencoderTask, load_autoencoder
+from d3epth.models.teacher.sources import load_autoencoder
+from d3epth.tasks.autoencoder import AutoencoderTask
 
 TINY = {"block_out_channels": [8, 8, 8, 8]}
 

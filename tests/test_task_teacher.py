@@ -11,8 +11,8 @@ from data_fixtures import write_hypersim, write_kitti, write_nyu, write_vkitti2
 
 from d3epth.models.noise import annealed_strength, multi_res_noise
 from d3epth.models.teacher import DiffusionDepthTeacher
-from d3epth.tasks.autoencoder import load_autoencoder
-from d3epth.tasks.teacher import TeacherTask, load_teacher
+from d3epth.models.teacher.sources import load_autoencoder, load_teacher
+from d3epth.tasks.teacher import TeacherTask
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults: UNet (32, 64), VAE factor 8
@@ -78,7 +78,7 @@ def test_multi_res_noise_rejects_bad_shapes() -> None:
 def test_v_target_matches_formula() -> None:
     task = TeacherTask(TINY, rescale_betas_zero_snr=False)
     alpha_bar = sd2_alphas_cumprod()
-    assert float(alpha_bar[999]) == pytest.approx(0.004660, abs=1e-5)  # domain brief §2.4
+    assert float(alpha_bar[999]) == pytest.approx(0.004660, abs=1e-5)  # SD2's scaled_linear betas 0.00085 → 0.012
     g = torch.Generator().manual_seed(1)
     z0, eps = torch.randn(3, 4, 4, 4, generator=g), torch.randn(3, 4, 4, 4, generator=g)
     t = torch.tensor([0, 321, 999])

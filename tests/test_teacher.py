@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -201,39 +203,43 @@ def test_leading_spacing_runs_one_step_at_t1_trailing_at_999(tiny_marigold_dir: 
     trailing.scheduler.set_timesteps(4)
     assert trailing.scheduler.timesteps.tolist() == [999, 749, 499, 249]
 
-    # predict_latent_one_step runs at t = 999 whatever the inference spacing: same result for both teachers.
-    rgb = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    # one_step runs at t = 999 whatever the inference spacing: same result for both teachers.
+    image = images(1, 32, 32, seed=0)
     with torch.no_grad():
-        torch.testing.assert_close(leading.predict_latent_one_step(rgb), trailing.predict_latent_one_step(rgb))
+        torch.testing.assert_close(leading.one_step(image).latent, trailing.one_step(image).latent)
         # ...while one leading DDIM step differs (it runs the UNet at t = 1).
+        rgb = trailing.encode_image(image)
         assert not torch.allclose(leading.predict_latent(rgb, 1), trailing.predict_latent(rgb, 1), atol=1e-3)
 
 
 def test_one_step_latent_is_x0_from_v(tiny_marigold_dir: Path) -> None:  # noqa: F811
     zsnr = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir).freeze()
     plain = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir, rescale_betas_zero_snr=False).freeze()
-    # SD2 numbers (domain brief §2.4): ᾱ_999 = 0.004660 without rescaling, exactly 0 with zero terminal SNR.
+    # SD2's scaled_linear betas (0.00085 → 0.012, scheduler_config.json) give ᾱ_999 = 0.004660; rescaled to zero
+    # terminal SNR (Lin et al., WACV 2024, §3.1) ᾱ_999 is exactly 0.
     assert plain.noise_scheduler.alphas_cumprod[999].item() == pytest.approx(0.004660, abs=5e-6)
     assert zsnr.noise_scheduler.alphas_cumprod[999].item() == pytest.approx(0.0, abs=1e-12)
 
-    generator = torch.Generator().manual_seed(1)
-    rgb, z_t = torch.randn(2, 4, 4, 4, generator=generator), torch.randn(2, 4, 4, 4, generator=generator)
+    image = images(2, 32, 32, seed=1)
+    z_t = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
+        rgb = zsnr.encode_image(image)
         v = zsnr(rgb, torch.zeros_like(rgb), 999)
-        torch.testing.assert_close(zsnr.predict_latent_one_step(rgb), -v)  # zero SNR: x0 = −v̂
+        torch.testing.assert_close(zsnr.one_step(image).latent, -v)  # zero SNR: x0 = −v̂
         v = plain(rgb, z_t, 999)
         a = 0.004660
         expected = a**0.5 * z_t - (1 - a) ** 0.5 * v
-        torch.testing.assert_close(plain.predict_latent_one_step(rgb, z_t), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(plain.latent_from_model_output(v, z_t, 999), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_one_ddim_step_equals_x0_when_final_alpha_is_one(tiny_marigold_dir: Path) -> None:  # noqa: F811
     teacher = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir).freeze()
-    rgb = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(2))
+    image = images(2, 32, 32, seed=2)
     config = {**SCHEDULER_CONFIG, "set_alpha_to_one": True}
     aligned = DiffusionDepthTeacher(teacher.unet, teacher.vae, config, teacher.empty_text_embedding)
     with torch.no_grad():
-        x0 = teacher.predict_latent_one_step(rgb)
+        rgb = teacher.encode_image(image)
+        x0 = teacher.one_step(image).latent
         torch.testing.assert_close(aligned.predict_latent(rgb, num_steps=1), x0, atol=1e-6, rtol=1e-6)
         # With SD2's set_alpha_to_one=False the DDIM step ends at ᾱ_0 = 0.99915 instead: a small, real difference.
         assert 1e-6 < (teacher.predict_latent(rgb, num_steps=1) - x0).abs().max() < 0.1
@@ -294,19 +300,20 @@ def test_gradients_flow_through_decoder_and_one_step(tiny_marigold_dir: Path) ->
     teacher.decode_depth(latent).sum().backward()
     assert latent.grad is not None and latent.grad.abs().sum() > 0 and torch.isfinite(latent.grad).all()
 
-    rgb = torch.randn(1, 4, 4, 4) * 0.1
-    depth = teacher.decode_depth(teacher.predict_latent_one_step(rgb))
+    depth = teacher.decode_depth(teacher.one_step(images(1, 32, 32)).latent)
     depth.mean().backward()
     grads = [p.grad for p in teacher.unet.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for p in teacher.vae.parameters())
 
 
-def test_unet_features_capture_named_blocks(teacher: DiffusionDepthTeacher) -> None:
-    rgb = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+def test_one_step_captures_named_unet_blocks(teacher: DiffusionDepthTeacher) -> None:
+    image = images(2, 64, 64, seed=6)
     with torch.no_grad():
-        latent, features = teacher.unet_features(rgb, names=("mid_block", "up_blocks.1", "down_blocks.0"))
-        torch.testing.assert_close(latent, teacher.predict_latent_one_step(rgb))
+        latent, features = teacher.one_step(image, features=("mid_block", "up_blocks.1", "down_blocks.0"))
+        plain = teacher.one_step(image)
+    torch.testing.assert_close(latent, plain.latent)
+    assert plain.features == {}
     # Channels from the UNet config (32, 64): mid = 64 at latent/2, up_blocks.1 = 32 at latent, down_blocks.0 = 32
     # after its down-sampler (latent/2).
     assert features["mid_block"].shape == (2, 64, 4, 4)
@@ -316,7 +323,7 @@ def test_unet_features_capture_named_blocks(teacher: DiffusionDepthTeacher) -> N
     assert info == {"mid_block": {"channels": 64, "reduction": 16}, "up_blocks.1": {"channels": 32, "reduction": 8}}
     assert all(not m._forward_hooks for m in teacher.unet.modules())  # hooks removed afterwards
     with pytest.raises(ValueError, match="no submodule 'middle_block'"):
-        teacher.unet_features(rgb, names=["middle_block"])
+        teacher.one_step(image, features=["middle_block"])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -390,6 +397,37 @@ def test_export_replaces_text_encoder_that_does_not_match(tiny_marigold_dir: Pat
         _check_export(teacher.freeze(), tmp_path / "export")
 
 
+def test_replace_changes_one_setting_and_shares_modules(teacher: DiffusionDepthTeacher) -> None:
+    with pytest.warns(UserWarning, match="leading"):
+        leading = teacher.replace(timestep_spacing="leading")
+    assert leading.unet is teacher.unet and leading.vae is teacher.vae and leading.text_source == teacher.text_source
+    assert leading.scheduler.config.timestep_spacing == "leading"
+    assert teacher.scheduler.config.timestep_spacing == "trailing"  # the original is left as it is
+    torch.testing.assert_close(leading.empty_text_embedding, teacher.empty_text_embedding, atol=0, rtol=0)
+    other = DiffusionDepthTeacher.from_config(seed=2).vae
+    swapped = teacher.replace(vae=other)
+    assert swapped.vae is other and swapped.unet is teacher.unet
+    new, old = swapped.noise_scheduler.config, teacher.noise_scheduler.config
+    assert {k: v for k, v in new.items() if not k.startswith("_")} == {
+        k: v for k, v in old.items() if not k.startswith("_")
+    }
+
+
+def test_teacher_package_imports_without_lightning_or_tasks() -> None:
+    code = (
+        "import sys\n"
+        "from d3epth.models.teacher import (DepthPrediction, DiffusionDepthTeacher, EMPTY_TEXT_EMBEDDING_FILE,\n"
+        "    SD2_SCHEDULER_CONFIG, OneStepPrediction, build_autoencoder, compute_empty_text_embedding,\n"
+        "    load_autoencoder, load_empty_text_embedding, load_teacher, save_empty_text_embedding,\n"
+        "    teacher_architecture, widen_conv_in)\n"
+        "import d3epth.models.export\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')\n"
+        "             or m.startswith('d3epth.tasks'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_freeze_is_sticky(tiny_marigold_dir: Path) -> None:  # noqa: F811
     teacher = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir)
     assert teacher.training and all(p.requires_grad for p in teacher.parameters())
@@ -431,7 +469,7 @@ def test_sd2_sized_teacher_one_step_on_cpu() -> None:
     print(f"SD2-sized teacher: build {built - start:.1f} s, one step at 128x128 {done - built:.1f} s on CPU")
 
 
-def test_one_step_latent_for_images_pads_bottom_right_by_replication(teacher: DiffusionDepthTeacher) -> None:
+def test_one_step_pads_bottom_right_by_replication(teacher: DiffusionDepthTeacher) -> None:
     image = images(2, 21, 30)  # neither side a multiple of 8
     f = teacher.vae_scale_factor
     # Replicate padding written as index clamping: row/column k of the padded image is row/column min(k, last).
@@ -439,9 +477,12 @@ def test_one_step_latent_for_images_pads_bottom_right_by_replication(teacher: Di
     cols = torch.arange(-(-30 // f) * f).clamp(max=29)
     padded = image[:, :, rows][..., cols]
     with torch.no_grad():
-        latent = teacher.one_step_latent_for_images(image)
-        expected = teacher.predict_latent_one_step(teacher.encode_image(padded))
+        latent = teacher.one_step(image).latent
+        expected = teacher.one_step(padded).latent
+        rgb = teacher.encode_image(padded)
+        x0 = teacher.latent_from_model_output(teacher(rgb, torch.zeros_like(rgb), 999), torch.zeros_like(rgb), 999)
     assert latent.shape == (2, teacher.latent_channels, 3, 4)
-    torch.testing.assert_close(latent, expected)
+    torch.testing.assert_close(latent, expected, atol=0, rtol=0)
+    torch.testing.assert_close(latent, x0)
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
-        teacher.one_step_latent_for_images(image[:, :1])
+        teacher.one_step(image[:, :1])

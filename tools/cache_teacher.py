@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_fingerprint,
         teacher_latents,
     )
-    from d3epth.tasks.teacher import load_teacher
+    from d3epth.models.teacher.sources import load_teacher
 
     try:
         cfg = load_config(args.config, args.overrides)

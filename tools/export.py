@@ -140,7 +140,7 @@ def _export_student(args: argparse.Namespace, source: Path, kind: str, out: Path
 def _export_teacher(args: argparse.Namespace, source: Path, out: Path) -> int:
     """Teacher (``TeacherTask`` checkpoint or diffusers directory) → diffusers Marigold directory ``out``."""
     from d3epth.models.export import export_teacher
-    from d3epth.tasks.teacher import load_teacher
+    from d3epth.models.teacher.sources import load_teacher
 
     if args.onnx:
         return _error("--onnx exports students; a teacher is exported as a diffusers directory (drop --onnx)")

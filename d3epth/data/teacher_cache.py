@@ -446,7 +446,7 @@ class CacheImageSource(Dataset):
 def teacher_latents(teacher: Any, images: Tensor) -> Tensor:
     """The stage-1 target of each image, as :meth:`LatentDistillationTask.teacher_targets` computes it.
 
-    Both call :meth:`~d3epth.models.teacher.DiffusionDepthTeacher.one_step_latent_for_images`.
+    Both call :meth:`~d3epth.models.teacher.DiffusionDepthTeacher.one_step`.
 
     Args:
         teacher: a frozen :class:`~d3epth.models.teacher.DiffusionDepthTeacher`.
@@ -455,7 +455,7 @@ def teacher_latents(teacher: Any, images: Tensor) -> Tensor:
     Returns:
         float32 ``[B, 4, ceil(H/f), ceil(W/f)]``.
     """
-    return teacher.one_step_latent_for_images(images).float()
+    return teacher.one_step(images).latent.float()
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -1,7 +1,7 @@
 """Light FPN decoder and output heads of the D³epth student.
 
 The student (:class:`d3epth.models.student.DepthStudent`) is a timm backbone plus this decoder. The decoder turns the
-backbone's feature pyramid (a list of ``[B, C_i, H/s_i, W/s_i]`` maps) into one pyramid of ``channels``-wide maps,
+backbone's feature pyramid (a list of [B,C_i,H/s_i,W/s_i] maps) into one pyramid of ``channels``-wide maps,
 from which three heads read:
 
 * :class:`LatentHead`: the 4-channel depth latent of the teacher's VAE at 1/8 of the input resolution (stage 1 of
@@ -48,11 +48,11 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     scale, which is what the padded-extent bookkeeping of the student relies on.
 
     Args:
-        x: feature map ``[B, C, h, w]``.
+        x: feature map [B,C,h,w].
         size: target ``(height, width)``.
 
     Returns:
-        ``[B, C, size[0], size[1]]``; ``x`` itself when the size already matches.
+        [B,C,size[0],size[1]]; ``x`` itself when the size already matches.
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -156,14 +156,14 @@ class FPNDecoder(nn.Module):
         """Run the top-down pathway.
 
         Args:
-            features: backbone maps ``[B, C_i, H_pad/s_i, W_pad/s_i]``, finest first.
+            features: backbone maps [B,C_i,H_pad/s_i,W_pad/s_i], finest first.
             padded_size: ``(H_pad, W_pad)`` of the (padded) input image; level ``i`` is produced at
                 ``(H_pad/strides[i], W_pad/strides[i])``.
             levels: decoder levels whose outputs are needed (default: all). The top-down path stops at the finest
                 needed level and smoothing convs run only for the needed levels.
 
         Returns:
-            One entry per level: ``[B, channels, H_pad/strides[i], W_pad/strides[i]]``, or ``None`` for levels that
+            One entry per level: [B,channels,H_pad/strides[i],W_pad/strides[i]], or ``None`` for levels that
             were not requested.
         """
         if len(features) != len(self.lateral):
@@ -201,7 +201,7 @@ class LatentHead(nn.Module):
         self.proj = nn.Conv2d(in_channels, latent_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``[B, C, h, w]`` to the latent ``[B, latent_channels, h, w]``."""
+        """Map [B,C,h,w] to the latent [B,latent_channels,h,w]."""
         return self.proj(self.block(x))
 
 
@@ -222,7 +222,7 @@ class FeatureAdapters(nn.Module):
         return len(self.adapters)
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Apply adapter ``j`` to ``inputs[j]`` (``[B, C, h_j, w_j]`` -> ``[B, out_channels[j], h_j, w_j]``)."""
+        """Apply adapter ``j`` to ``inputs[j]`` ([B,C,h_j,w_j] -> [B,out_channels[j],h_j,w_j])."""
         if len(inputs) != len(self.adapters):
             raise ValueError(f"expected {len(self.adapters)} inputs, got {len(inputs)}")
         return [adapter(x) for adapter, x in zip(self.adapters, inputs, strict=True)]
@@ -298,12 +298,12 @@ class DepthHead(nn.Module):
         """Upsample a decoder map to a depth map.
 
         Args:
-            x: decoder map ``[B, C, H_pad/in_stride, W_pad/in_stride]``.
+            x: decoder map [B,C,H_pad/in_stride,W_pad/in_stride].
             padded_size: ``(H_pad, W_pad)``, the full output size.
-            skips: ``{stride: [B, C_s, H_pad/stride, W_pad/stride]}`` backbone maps, matching ``skip_channels``.
+            skips: ``{stride: [B,C_s,H_pad/stride,W_pad/stride]}`` backbone maps, matching ``skip_channels``.
 
         Returns:
-            Depth ``[B, 1, H_pad, W_pad]`` (unbounded, or in [-1, 1] with ``activation="tanh"``).
+            Depth [B,1,H_pad,W_pad] (unbounded, or in [-1, 1] with ``activation="tanh"``).
         """
         hp, wp = padded_size
         skips = skips or {}

@@ -1,7 +1,8 @@
 """The one image → depth network: a student with its pixel decoder, and the one latent → depth decode.
 
-Every path from an RGB image to depth through a student goes through here: stage 1 and stage 2 (their ``forward``),
-inference (:mod:`d3epth.inference`) and export (:mod:`d3epth.models.export`). Two pixel decoders exist (D³epth §3):
+Every path from an RGB image to depth through a student goes through :func:`student_depth` here: stage 1 and stage 2
+(their ``forward``), inference (:mod:`d3epth.inference`) and export (:mod:`d3epth.models.export`, through
+:class:`StudentDepthModel`). Two pixel decoders exist (D³epth §3):
 
 * ``"light"`` — the student's own depth head (the fast model);
 * ``"vae"`` — the frozen teacher VAE decoder applied to the student's 4-channel latent, as Marigold decodes its
@@ -13,9 +14,10 @@ from __future__ import annotations
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
+from d3epth.models.padding import crop_to
 from d3epth.models.student import DepthStudent
 
-__all__ = ["StudentDepthModel", "decode_depth_latent"]
+__all__ = ["StudentDepthModel", "decode_depth_latent", "student_depth"]
 
 
 def decode_depth_latent(vae: AutoencoderKL, latent: Tensor) -> Tensor:
@@ -23,13 +25,32 @@ def decode_depth_latent(vae: AutoencoderKL, latent: Tensor) -> Tensor:
 
     Args:
         vae: the teacher's autoencoder; its ``config.scaling_factor`` undoes the latent scaling.
-        latent: ``[B, 4, h, w]``, multiplied by the scaling factor.
+        latent: [B,4,h,w], multiplied by the scaling factor.
 
     Returns:
-        ``[B, 1, h·f, w·f]`` normalised depth in [−1, 1] (f = 8 for the SD VAE).
+        [B,1,8h,8w] normalised depth in [−1, 1] (for the SD VAE, whose factor is 8).
     """
     decoded = vae.decode(latent.to(vae.dtype) / float(vae.config.scaling_factor), return_dict=False)[0]
     return decoded.mean(dim=1, keepdim=True).clamp(-1.0, 1.0)
+
+
+def student_depth(student: DepthStudent, image: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
+    """Depth of a student for RGB images, through its pixel decoder (the body of :class:`StudentDepthModel`).
+
+    Args:
+        student: the student network.
+        image: [B,3,H,W] in [−1, 1].
+        vae: ``None`` for the ``"light"`` pixel decoder (the student's depth head), or the teacher's autoencoder for
+            the ``"vae"`` decoder (:func:`decode_depth_latent` of the student's latent).
+
+    Returns:
+        [B,1,H,W] depth, larger = farther (unbounded for ``light``, in [−1, 1] for ``vae``).
+    """
+    if vae is None:
+        return student(image, heads=("depth",))["depth"]
+    latent = student(image, heads=("latent",))["latent"]
+    # The latent grid covers the image padded to a multiple of 8 at the bottom/right: crop the decoded depth.
+    return crop_to(decode_depth_latent(vae, latent), image.shape[-2:])
 
 
 class StudentDepthModel(nn.Module):
@@ -76,17 +97,12 @@ class StudentDepthModel(nn.Module):
         return self.student.pad_multiple((head,))
 
     def forward(self, image: Tensor) -> Tensor:
-        """Affine-invariant depth for RGB images.
+        """Affine-invariant depth for RGB images (:func:`student_depth`).
 
         Args:
-            image: ``[B, 3, H, W]`` in [−1, 1].
+            image: [B,3,H,W] in [−1, 1].
 
         Returns:
-            ``[B, 1, H, W]`` depth, larger = farther (unbounded for ``light``, in [−1, 1] for ``vae``).
+            [B,1,H,W] depth, larger = farther (unbounded for ``light``, in [−1, 1] for ``vae``).
         """
-        if self.vae is None:
-            return self.student(image, heads=("depth",))["depth"]
-        height, width = image.shape[-2:]
-        latent = self.student(image, heads=("latent",))["latent"]
-        # The latent grid covers the image padded to a multiple of 8 at the bottom/right: crop the decoded depth.
-        return decode_depth_latent(self.vae, latent)[..., :height, :width]
+        return student_depth(self.student, image, self.vae)

@@ -10,8 +10,8 @@
     <dir>/model.onnx          optional (``tools/export.py --onnx``): the same network, dynamic batch / height / width
 
 :func:`load_student` reads it back as a :class:`StudentDepthModel` — plain ``nn.Module``s (timm + diffusers), no
-Lightning, no teacher UNet. Input: RGB ``[B, 3, H, W]`` in [−1, 1], any ``H, W``. Output: affine-invariant depth
-``[B, 1, H, W]`` (larger = farther, unknown scale and shift; in [−1, 1] for the VAE decoder, unbounded for the light
+Lightning, no teacher UNet. Input: RGB [B,3,H,W] in [−1, 1], any ``H, W``. Output: affine-invariant depth
+[B,1,H,W] (larger = farther, unknown scale and shift; in [−1, 1] for the VAE decoder, unbounded for the light
 depth head).
 
 The export steps themselves are here too, so that ``tools/export.py`` only parses and chooses: :func:`save_student`,
@@ -269,7 +269,7 @@ def remove_export_artefacts(directory: str | Path) -> None:
 
 
 def export_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int) -> None:
-    """Trace ``model`` (image ``[B,3,H,W]`` → depth ``[B,1,H,W]``) to ONNX with dynamic batch, height and width.
+    """Trace ``model`` (image [B,3,H,W] → depth [B,1,H,W]) to ONNX with dynamic batch, height and width.
 
     The TorchScript exporter (``dynamo=False``) records the student's integer size arithmetic as graph ops, so the
     graph pads and crops correctly at any size; Python branches are frozen at the traced size, hence ``size`` should be

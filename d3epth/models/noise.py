@@ -27,12 +27,12 @@ def annealed_strength(timesteps: Tensor, num_train_timesteps: int, strength: flo
     """Per-sample pyramid strength ``s · t / T`` (Marigold's annealing).
 
     Args:
-        timesteps: integer timesteps ``[B]`` in ``[0, T)``.
+        timesteps: integer timesteps [B] in ``[0, T)``.
         num_train_timesteps: T (1000 for Stable Diffusion).
         strength: s, the strength at ``t = T`` (Marigold: 0.9).
 
     Returns:
-        float32 ``[B]``.
+        float32 [B].
     """
     if num_train_timesteps < 1:
         raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
@@ -55,14 +55,14 @@ def multi_res_noise(
 
     Args:
         shape: ``(B, C, h, w)`` of the latent to noise.
-        strength: s, a float or a per-sample tensor ``[B]`` (annealed: :func:`annealed_strength`).
+        strength: s, a float or a per-sample tensor [B] (annealed: :func:`annealed_strength`).
         levels: maximum number of coarser levels L (Marigold: 9, i.e. 10 fields in total).
         generator: RNG (on ``device``) for reproducible noise.
         device: device of the result.
         dtype: dtype of the result (the noise is built in float32).
 
     Returns:
-        ``[B, C, h, w]`` noise whose standard deviation over the whole tensor is 1.
+        [B,C,h,w] noise whose standard deviation over the whole tensor is 1.
     """
     if len(shape) != 4:
         raise ValueError(f"multi_res_noise: shape must be (B, C, h, w), got {tuple(shape)}")

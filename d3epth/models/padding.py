@@ -15,15 +15,15 @@ __all__ = ["crop_to", "pad_to_multiple"]
 
 
 def pad_to_multiple(x: Tensor, multiple: int, value: float | bool | None = None) -> Tensor:
-    """Pad ``[B,C,H,W]`` at the bottom and right to multiples of ``multiple``.
+    """Pad [B,C,H,W] at the bottom and right to multiples of ``multiple``.
 
     Args:
-        x: ``[B,C,H,W]`` tensor (any dtype; bool is padded through uint8).
+        x: [B,C,H,W] tensor (any dtype; bool is padded through uint8).
         multiple: the size multiple (e.g. 8 for the SD VAE).
         value: ``None`` replicates the border (images); a number or bool pads with that constant (masks).
 
     Returns:
-        ``[B,C,⌈H/m⌉·m,⌈W/m⌉·m]``; ``x`` itself when no padding is needed.
+        [B,C,⌈H/m⌉·m,⌈W/m⌉·m]; ``x`` itself when no padding is needed.
     """
     height, width = x.shape[-2:]
     pad = (0, -width % multiple, 0, -height % multiple)

@@ -229,19 +229,19 @@ class DepthStudent(nn.Module):
         """Predict the requested outputs.
 
         Args:
-            image: RGB ``[B, 3, H, W]`` in [-1, 1]; any ``H, W`` (padded internally, see the module docstring).
+            image: RGB [B,3,H,W] in [-1, 1]; any ``H, W`` (padded internally, see the module docstring).
             heads: heads to run (default: all built); unrequested heads and the decoder levels only they need are
                 skipped.
 
         Returns:
             A dict with, for each requested head:
 
-            * ``latent``: ``[B, latent_channels, ceil(H/8), ceil(W/8)]`` teacher-latent prediction;
-            * ``features``: list, entry ``j`` ``[B, teacher_feature_channels[j], ceil(H/s_j), ceil(W/s_j)]``;
-            * ``depth``: ``[B, 1, H, W]`` affine-invariant depth (unbounded, or in [-1, 1] with tanh).
+            * ``latent``: [B,latent_channels,ceil(H/8),ceil(W/8)] teacher-latent prediction;
+            * ``features``: list, entry ``j`` [B,teacher_feature_channels[j],ceil(H/s_j),ceil(W/s_j)];
+            * ``depth``: [B,1,H,W] affine-invariant depth (unbounded, or in [-1, 1] with tanh).
 
         Raises:
-            ValueError: ``image`` is not ``[B, 3, H, W]``, or a requested head was not built.
+            ValueError: ``image`` is not [B,3,H,W], or a requested head was not built.
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [B, 3, H, W] in [-1, 1], got shape {tuple(image.shape)}")

@@ -1,10 +1,11 @@
 """Stage 0: train a small ``AutoencoderKL`` on RGB images and depth maps, for runs without a Stable Diffusion VAE.
 
 Marigold reuses Stable Diffusion's VAE for depth: a normalised depth map replicated to 3 channels is encoded, and
-the decoded 3 channels are averaged (MG-paper App. B: the SD VAE reconstructs Hypersim depth with an MAE of about
-0.0095 in the normalised [-1, 1] range). Where no pretrained VAE is at hand (sample data, CPU, tests) this task trains
-one from scratch with the same interface, so that a teacher built with ``DiffusionDepthTeacher.from_config`` can take
-it (``teacher: {config: {...}, vae_from: <this task's checkpoint>}``, see :func:`d3epth.tasks.teacher.load_teacher`).
+the decoded 3 channels are averaged (Marigold (Ke et al., CVPR 2024) App. B: the SD VAE reconstructs Hypersim depth
+with an MAE of about 0.0095 in the normalised [-1, 1] range). Where no pretrained VAE is at hand (sample data, CPU,
+tests) this task trains one from scratch with the same interface, so that a teacher built with
+``DiffusionDepthTeacher.from_config`` can take it (``teacher: {config: {...}, vae_from: <this task's checkpoint>}``,
+see :func:`d3epth.models.teacher.sources.load_teacher`).
 
 Objective (the reconstruction + KL part of the LDM KL-f8 autoencoder; no perceptual or adversarial terms)::
 
@@ -16,7 +17,7 @@ so ``kl_weight = 1e-6`` keeps LDM's ratio between the two terms (LDM sums the re
 Latent scale: the diffusion objective assumes latents of roughly unit variance, which LDM obtains by multiplying them
 by ``scaling_factor = 1 / std(z)`` measured on data (0.18215 for SD). With ``scaling_factor: null`` this task keeps an
 exponential moving average of the mean and variance of the *depth* latents' posterior means (the quantity the teacher
-diffuses) and :func:`load_autoencoder` sets ``scaling_factor = 1 / std``.
+diffuses) and :func:`~d3epth.models.teacher.sources.load_autoencoder` sets ``scaling_factor = 1 / std``.
 
 Validation reports, per validation set, the depth round trip ``decode(encode(d̃))`` (mean of the 3 channels, clipped):
 ``val/<set>/depth_recon_mae`` in normalised units, and through :meth:`predict_depth` the shared evaluator's AbsRel /
@@ -26,20 +27,19 @@ Validation reports, per validation set, the depth round trip ``decode(encode(d̃
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from d3epth.models.teacher import build_autoencoder
-from d3epth.tasks.base import Batch, DepthTask, load_task_checkpoint, sub_state_dict
+from d3epth.models.padding import crop_to, pad_to_multiple
+from d3epth.models.teacher.build import build_autoencoder
+from d3epth.tasks.base import Batch, DepthTask
 
-__all__ = ["AutoencoderTask", "build_autoencoder", "load_autoencoder"]  # build_autoencoder: d3epth.models.teacher
+__all__ = ["AutoencoderTask"]
 
 _RECON_LOSSES = ("l1", "mse")
 
@@ -160,11 +160,10 @@ class AutoencoderTask(DepthTask):
         """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"AutoencoderTask.reconstruct expects [B, 3, H, W], got {tuple(x.shape)}")
-        x, padding = MarigoldImageProcessor.pad_image(x, self.factor)
-        posterior = self.vae.encode(x).latent_dist
+        posterior = self.vae.encode(pad_to_multiple(x, self.factor)).latent_dist
         z = posterior.sample() if sample else posterior.mode()
         recon = self.vae.decode(z, return_dict=False)[0]
-        return MarigoldImageProcessor.unpad_image(recon, padding), posterior
+        return crop_to(recon, x.shape[-2:]), posterior
 
     def _recon(self, pred: Tensor, target: Tensor) -> Tensor:
         if self.hparams.recon_loss == "l1":
@@ -267,40 +266,3 @@ class AutoencoderTask(DepthTask):
         )
         vae.load_state_dict(self.vae.state_dict())
         return vae
-
-
-def load_autoencoder(path: str | Path, purpose: str = "vae_from") -> AutoencoderKL:
-    """Load the VAE of an :class:`AutoencoderTask` checkpoint, ``scaling_factor`` set as ``AutoencoderTask.export_vae``.
-
-    Args:
-        path: the ``.ckpt`` written by ``tools/fit.py --config configs/sample/autoencoder.yaml``.
-        purpose: what the VAE is for, for error messages (e.g. ``"model.init_args.teacher.vae_from"``).
-
-    Returns:
-        The ``AutoencoderKL`` in eval mode, float32, on the CPU.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a d3epth checkpoint, or one written by another task.
-    """
-    checkpoint = load_task_checkpoint(path, ("AutoencoderTask",), purpose)
-    hp = dict(checkpoint.get("hyper_parameters") or {})
-    arch = {
-        k: hp[k] for k in ("block_out_channels", "layers_per_block", "norm_num_groups", "latent_channels") if k in hp
-    }
-    state = checkpoint["state_dict"]
-    if hp.get("scaling_factor") is not None:
-        scale = float(hp["scaling_factor"])
-    else:
-        var = state.get("latent_var")
-        if var is None:
-            raise ValueError(f"{purpose}: {path} has neither a scaling_factor nor latent statistics")
-        scale = float(var.float().clamp_min(1e-12).rsqrt())
-    vae = build_autoencoder(
-        **arch,
-        sample_size=int(hp.get("sample_size", 64)),
-        scaling_factor=scale,
-        mid_block_attention=bool(hp.get("mid_block_attention", True)),
-    )
-    vae.load_state_dict(sub_state_dict(state, "vae."))
-    return vae.eval()

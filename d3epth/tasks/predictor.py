@@ -409,7 +409,7 @@ def load_predictor(
                 "use a teacher, stage-1 or stage-2 checkpoint, an exported student or a Marigold directory"
             )
         if task_name == "TeacherTask":
-            from d3epth.tasks.teacher import load_teacher
+            from d3epth.models.teacher.sources import load_teacher
 
             predictor = TeacherDepthPredictor(
                 load_teacher(path, purpose="model"),

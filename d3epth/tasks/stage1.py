@@ -1,11 +1,11 @@
 """Stage 1 of D³epth: distil the diffusion teacher's depth latent (and optionally UNet features) into the student.
 
 The frozen teacher turns each image into its single-step depth latent: the RGB latent and a zero depth latent go
-through the UNet once at t = 999 (trailing spacing) and x0 is read off the model output — E2E-FT's deterministic
-one-step prediction (DESIGN.md §4; the paper says only "latent-space distillation"). The student's ``latent`` head
-regresses it with the masked latent MSE of Marigold (a latent cell counts only when all its 8×8 pixels have valid
-ground truth). Optionally, the student's ``features`` head (1×1 adapters) regresses the outputs of named UNet blocks
-captured by forward hooks in the same teacher pass.
+through the UNet once at t = 999 (trailing spacing) and x0 is read off the model output — the deterministic one-step
+prediction of E2E-FT (Garcia et al., WACV 2025). This target is an assumption: D³epth (ACML 2025) says only
+"latent-space distillation". The student's ``latent`` head regresses it with the masked latent MSE of Marigold (a
+latent cell counts only when all its 8×8 pixels have valid ground truth). Optionally, the student's ``features`` head
+(1×1 adapters) regresses the outputs of named UNet blocks captured by forward hooks in the same teacher pass.
 
 Validation decodes the student's latent with the teacher's VAE decoder and scores it with the shared evaluator, next
 to the teacher's own one-step depth in the logged images (RGB | GT | student | error | teacher | error).
@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
-from d3epth.models import DepthStudent
-from d3epth.models.padding import pad_to_multiple
+from d3epth.models.depth_model import decode_depth_latent, student_depth
+from d3epth.models.padding import crop_to, pad_to_multiple
+from d3epth.models.student import DepthStudent
 from d3epth.models.teacher import DiffusionDepthTeacher
+from d3epth.models.teacher.sources import load_teacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
 
@@ -31,7 +33,7 @@ class LatentDistillationTask(DepthTask):
     Args:
         student: ``DepthStudent`` keyword arguments. The ``latent`` head is always built; with ``feature_blocks`` the
             ``features`` head is added with channels and strides read from the teacher.
-        teacher: teacher source (see :func:`d3epth.tasks.teacher.load_teacher`): a local diffusers / Marigold /
+        teacher: teacher source (see :func:`d3epth.models.teacher.sources.load_teacher`): a local diffusers / Marigold /
             E2E-FT directory, a ``TeacherTask`` checkpoint, or a dict spec. Frozen, out of the optimiser and out of
             this task's checkpoints (it is rebuilt from this source when a checkpoint is loaded).
         feature_blocks: UNet submodules whose outputs the student also regresses (e.g. ``["mid_block",
@@ -54,8 +56,6 @@ class LatentDistillationTask(DepthTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from d3epth.tasks.teacher import load_teacher
-
         self.teacher: DiffusionDepthTeacher = load_teacher(teacher).freeze()
         heads = [student["heads"]] if isinstance(student.get("heads"), str) else list(student.get("heads", ["latent"]))
         student = {**student, "heads": [h for h in ("latent", "features", "depth") if h in {*heads, "latent"}]}
@@ -72,16 +72,8 @@ class LatentDistillationTask(DepthTask):
     @torch.no_grad()
     def teacher_targets(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The teacher's one-step depth latent [B,4,⌈H/8⌉,⌈W/8⌉] and the requested UNet features for images."""
-        if not self.feature_blocks:
-            return self.teacher.one_step_latent_for_images(image).float(), []
-        latent, features = self.teacher.unet_features(
-            self.teacher.encode_image_padded(image), None, self.feature_blocks
-        )
+        latent, features = self.teacher.one_step(image, self.feature_blocks)
         return latent.float(), [features[name].float() for name in self.feature_blocks]
-
-    def decode(self, latent: Tensor, size: torch.Size) -> Tensor:
-        """Teacher VAE decoding of a depth latent, cropped to the image size: [B,1,H,W] in [−1,1]."""
-        return self.teacher.decode_depth(latent)[..., : size[0], : size[1]].float()
 
     # ------------------------------------------------------------------------------------------------- training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
@@ -118,7 +110,7 @@ class LatentDistillationTask(DepthTask):
     # ----------------------------------------------------------------------------------------------- evaluation
     def forward(self, image: Tensor) -> Tensor:
         """Depth [B,1,H,W] in [−1,1]: the student's latent decoded by the teacher's VAE decoder."""
-        return self.decode(self.student(image, heads=("latent",))["latent"], image.shape[-2:])
+        return student_depth(self.student, image, self.teacher.vae).float()
 
     def predict_depth(self, batch: Batch) -> Tensor:
         """The student's decoded depth (affine-invariant; the evaluator aligns it)."""
@@ -129,6 +121,7 @@ class LatentDistillationTask(DepthTask):
         pred = self.predict_depth(batch)
         self.val_metrics[dataloader_idx].update(pred, batch["depth"].float(), batch["valid_mask"])
         if batch_idx == 0:
-            teacher_depth = self.decode(self.teacher_targets(batch["image"])[0], batch["image"].shape[-2:])
+            latent = self.teacher_targets(batch["image"])[0]
+            teacher_depth = crop_to(decode_depth_latent(self.teacher.vae, latent), batch["image"].shape[-2:]).float()
             name = self._set_names["val"][dataloader_idx]
             self._log_images(f"val_images/{name}", batch, pred, extra={"teacher": teacher_depth})

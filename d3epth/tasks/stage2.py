@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from d3epth.checkpoints import STUDENT, load_task_checkpoint, sub_state_dict, tasks_with
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
-from d3epth.models import DepthStudent
-from d3epth.tasks.base import Batch, DepthTask, load_task_checkpoint, student_parameter_groups, sub_state_dict
-
-#: Tasks whose checkpoints hold a student that stage 2 can start from.
-STUDENT_TASKS = ("LatentDistillationTask", "PixelRefinementTask")
+from d3epth.models.depth_model import decode_depth_latent, student_depth
+from d3epth.models.padding import crop_to
+from d3epth.models.student import DepthStudent
+from d3epth.models.teacher.sources import load_teacher
+from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
 
 class PixelRefinementTask(DepthTask):
@@ -43,8 +44,8 @@ class PixelRefinementTask(DepthTask):
         pixel_decoder: ``"light"`` (the student's depth head) or ``"vae"`` (frozen teacher VAE decoder on the
             student's latent).
         teacher: teacher source for the ``"vae"`` decoder or for ``fit_light_to_vae_steps`` (see
-            :func:`d3epth.tasks.teacher.load_teacher`): a local diffusers directory, a ``TeacherTask`` checkpoint, or a
-            dict spec. Kept frozen and out of this task's checkpoints.
+            :func:`d3epth.models.teacher.sources.load_teacher`): a local diffusers directory, a ``TeacherTask``
+            checkpoint, or a dict spec. Kept frozen and out of this task's checkpoints.
         loss: ``HybridDepthLoss`` keyword arguments (``weighting``: ``uncertainty`` | ``dwa`` | ``gradnorm`` |
             ``fixed``, edge options, δ, ...).
         weighting_lr: learning rate of the weighting's own parameters (uncertainty log-variances, GradNorm weights);
@@ -82,7 +83,7 @@ class PixelRefinementTask(DepthTask):
             )
         checkpoint = None
         if init_from is not None:
-            checkpoint = load_task_checkpoint(init_from, STUDENT_TASKS, "model.init_args.init_from")
+            checkpoint = load_task_checkpoint(init_from, tasks_with(STUDENT), "model.init_args.init_from")
             if student is None:
                 student = dict(checkpoint["hyper_parameters"]["student"])
         if student is None:
@@ -99,11 +100,7 @@ class PixelRefinementTask(DepthTask):
         self.student = DepthStudent(**student)
         if checkpoint is not None:
             self._load_student(checkpoint, init_from)
-        self.teacher = None
-        if teacher is not None:
-            from d3epth.tasks.teacher import load_teacher
-
-            self.teacher = load_teacher(teacher).freeze()
+        self.teacher = None if teacher is None else load_teacher(teacher).freeze()
         self.loss = HybridDepthLoss(**(loss or {}))
         self._gradnorm_parameters = None
         if self.loss.weighting.__class__.__name__ == "GradNormWeighting":
@@ -128,14 +125,9 @@ class PixelRefinementTask(DepthTask):
     def forward(self, image: Tensor) -> Tensor:
         """Depth [B,1,H,W] for images [B,3,H,W] in [−1,1]: affine-invariant (light) or in [−1,1] (vae)."""
         if self.hparams.pixel_decoder == "light":
-            return self.student(image, heads=("depth",))["depth"]
-        latent = self.student(image, heads=("latent",))["latent"]
-        return self._vae_decode(latent, image.shape[-2:])
-
-    def _vae_decode(self, latent: Tensor, size: torch.Size) -> Tensor:
+            return student_depth(self.student, image)
         assert self.teacher is not None
-        depth = self.teacher.decode_depth(latent)  # [B,1,8h,8w]: the latent grid covers the image padded to 8
-        return depth[..., : size[0], : size[1]]
+        return student_depth(self.student, image, self.teacher.vae)
 
     def predict_depth(self, batch: Batch) -> Tensor:
         """Depth for ``batch['image']`` from the configured pixel decoder."""
@@ -147,8 +139,10 @@ class PixelRefinementTask(DepthTask):
         image = batch["image"]
         if self.global_step < self.hparams.fit_light_to_vae_steps:
             outputs = self.student(image, heads=("latent", "depth"))
+            assert self.teacher is not None
             with torch.no_grad():
-                target = self._vae_decode(outputs["latent"], image.shape[-2:])
+                # [B,1,8h,8w]: the latent grid covers the image padded to a multiple of 8; crop to the image.
+                target = crop_to(decode_depth_latent(self.teacher.vae, outputs["latent"]), image.shape[-2:])
             mask = torch.ones_like(target, dtype=torch.bool)
             loss = ssi_loss(outputs["depth"], target, mask)
             self.log("train/loss_fit_vae", loss, prog_bar=True, batch_size=image.shape[0])

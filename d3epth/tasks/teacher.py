@@ -2,229 +2,44 @@
 
 Two training modes of :class:`TeacherTask`, both training only the UNet (the VAE is frozen, outside the optimiser):
 
-* ``mode: diffusion`` — Marigold (Ke et al., CVPR 2024; domain brief §2): RGB and normalised depth are VAE-encoded
-  (posterior mean × scaling factor), ``t ~ U{0..T-1}`` per sample, annealed multi-resolution noise
-  (:mod:`d3epth.models.noise`), ``z_t = noise_scheduler.add_noise(z0, ε, t)``, and a masked latent MSE between the
-  UNet output and the target of the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for SD2). The latent mask drops
-  every 8×8 cell holding an invalid pixel.
-* ``mode: e2e`` — E2E-FT (Garcia et al., WACV 2025; brief §2.6): ``t = T-1 = 999``, zero depth latent, x0 from the
-  model output, decoded by the frozen VAE decoder (gradients flow through it) to depth in [-1, 1], and a pixel-space
-  loss against ``depth_norm`` on the valid mask: ``loss: ssi`` (E2E-FT's least-squares-aligned L1, fp32) or
-  ``loss: hybrid`` (D²epth: :class:`~d3epth.losses.HybridDepthLoss`, whose weighting parameters join the optimiser
-  without weight decay).
+* ``mode: diffusion`` — Marigold (Ke et al., CVPR 2024; Marigold's ``src/trainer/marigold_depth_trainer.py``): RGB
+  and normalised depth are VAE-encoded (posterior mean × scaling factor), ``t ~ U{0..T-1}`` per sample, annealed
+  multi-resolution noise (:mod:`d3epth.models.noise`), ``z_t = noise_scheduler.add_noise(z0, ε, t)``, and a masked
+  latent MSE between the UNet output and the target of the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for
+  SD2). The latent mask drops every 8×8 cell holding an invalid pixel.
+* ``mode: e2e`` — E2E-FT (Garcia et al., WACV 2025; diffusion-e2e-ft's ``training/train.py``): ``t = T-1 = 999``,
+  zero depth latent, x0 from the model output, decoded by the frozen VAE decoder (gradients flow through it) to depth
+  in [-1, 1], and a pixel-space loss against ``depth_norm`` on the valid mask: ``loss: ssi`` (E2E-FT's
+  least-squares-aligned L1, fp32) or ``loss: hybrid`` (D²epth: :class:`~d3epth.losses.HybridDepthLoss`, whose
+  weighting parameters join the optimiser without weight decay).
 
 Validation predicts depth with one DDIM step (trailing spacing, zero initial noise; E2E-FT's fix) in [0, 1]; the shared
-evaluator aligns it per image. :func:`load_teacher` builds a teacher from any supported source — a diffusers
-directory, a config (optionally with the VAE of an :class:`~d3epth.tasks.autoencoder.AutoencoderTask` checkpoint), or
-a :class:`TeacherTask` checkpoint — for this task, the student stages and the tools.
+evaluator aligns it per image. The teacher comes from any source :func:`~d3epth.models.teacher.sources.load_teacher`
+takes — a diffusers directory, a config (optionally with the VAE of an
+:class:`~d3epth.tasks.autoencoder.AutoencoderTask` checkpoint), or a :class:`TeacherTask` checkpoint, whose
+architecture :meth:`TeacherTask.on_save_checkpoint` stores under
+:data:`~d3epth.models.teacher.sources.TEACHER_ARCH_KEY`.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import logging
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 
 from d3epth.losses import HybridDepthLoss, SSILoss, latent_distillation_loss, resolve_shared_parameters
 from d3epth.models.noise import annealed_strength, multi_res_noise
-from d3epth.models.teacher import DiffusionDepthTeacher
-from d3epth.tasks.autoencoder import load_autoencoder
-from d3epth.tasks.base import Batch, DepthTask, load_task_checkpoint, sub_state_dict
+from d3epth.models.teacher.sources import TEACHER_ARCH_KEY, load_teacher, teacher_architecture
+from d3epth.tasks.base import Batch, DepthTask
 
-__all__ = ["TEACHER_ARCH_KEY", "TeacherTask", "load_teacher", "teacher_architecture"]
+__all__ = ["TeacherTask"]
 
 logger = logging.getLogger(__name__)
 
-#: Checkpoint key holding the teacher's architecture (component configs + empty-prompt embedding), so a teacher
-#: checkpoint rebuilds without the directory or autoencoder checkpoint it was first made from.
-TEACHER_ARCH_KEY = "d3epth_teacher"
-
 _MODES = ("diffusion", "e2e")
 _LOSSES = {"diffusion": ("mse",), "e2e": ("ssi", "hybrid")}
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Building a teacher from a source
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _keyword_names(fn: Any) -> list[str]:
-    return [n for n, p in inspect.signature(fn).parameters.items() if n not in ("self", "cls", "path")]
-
-
-def _check_keys(keys: Any, allowed: list[str], where: str) -> None:
-    for key in keys:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(allowed))}"
-            raise ValueError(f"{where}: unknown key '{key}'{hint}")
-
-
-def _plain(value: Any) -> Any:
-    """Diffusers configs (FrozenDict, tuples) as plain containers, so checkpoints load with ``weights_only=True``."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
-def teacher_architecture(teacher: DiffusionDepthTeacher) -> dict[str, Any]:
-    """What rebuilds ``teacher`` without its sources: UNet/VAE/scheduler configs and the empty-prompt embedding."""
-    return {
-        "unet": _plain(teacher.unet.config),
-        "vae": _plain(teacher.vae.config),
-        "scheduler": _plain(teacher.noise_scheduler.config),
-        "empty_text_embedding": teacher.empty_text_embedding.detach().float().cpu().clone(),
-        "text_source": teacher.text_source,
-    }
-
-
-def _teacher_from_architecture(arch: Mapping[str, Any]) -> DiffusionDepthTeacher:
-    unet = UNet2DConditionModel.from_config(dict(arch["unet"]))
-    vae = AutoencoderKL.from_config(dict(arch["vae"]))
-    text_source = arch.get("text_source")
-    if text_source is not None and not Path(text_source).is_dir():
-        text_source = None  # the original CLIP is gone; export falls back to the embedding stand-in
-    return DiffusionDepthTeacher(
-        unet,
-        vae,
-        dict(arch["scheduler"]),
-        arch["empty_text_embedding"],
-        timestep_spacing=None,
-        rescale_betas_zero_snr=None,
-        text_source=text_source,
-    )
-
-
-def _from_checkpoint(path: Path, purpose: str) -> DiffusionDepthTeacher:
-    checkpoint = load_task_checkpoint(path, ("TeacherTask",), purpose)
-    arch = checkpoint.get(TEACHER_ARCH_KEY)
-    if arch is not None:
-        teacher = _teacher_from_architecture(arch)
-    else:  # an older checkpoint: rebuild from the task's own teacher spec (needs its sources)
-        hp = checkpoint.get("hyper_parameters") or {}
-        if "teacher" not in hp:
-            raise ValueError(f"{purpose}: {path} holds neither '{TEACHER_ARCH_KEY}' nor a 'teacher' hyper-parameter")
-        teacher = load_teacher(hp["teacher"], purpose=f"{purpose} ({path}: hyper_parameters.teacher)")
-    state = sub_state_dict(checkpoint["state_dict"], "teacher.")
-    missing, unexpected = teacher.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{purpose}: {path} does not match the teacher it describes: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
-    return teacher
-
-
-def _from_pretrained(spec: Mapping[str, Any], purpose: str) -> DiffusionDepthTeacher:
-    kwargs = {k: v for k, v in spec.items() if k != "path"}
-    _check_keys(kwargs, _keyword_names(DiffusionDepthTeacher.from_pretrained), f"{purpose} (path spec)")
-    dtype = kwargs.get("torch_dtype")
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"{purpose}: torch_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        kwargs["torch_dtype"] = _DTYPES[dtype]
-    return DiffusionDepthTeacher.from_pretrained(Path(str(spec["path"])).expanduser(), **kwargs)
-
-
-def _from_config(spec: Mapping[str, Any], purpose: str) -> DiffusionDepthTeacher:
-    _check_keys(spec, ["config", "vae_from"], f"{purpose} (config spec)")
-    config = dict(spec["config"] or {})
-    _check_keys(config, _keyword_names(DiffusionDepthTeacher.from_config), f"{purpose}.config")
-    teacher = DiffusionDepthTeacher.from_config(**config)
-    vae_from = spec.get("vae_from")
-    if vae_from is None:
-        return teacher
-    vae = load_autoencoder(vae_from, purpose=f"{purpose}.vae_from")
-    if vae.config.latent_channels != teacher.latent_channels:
-        raise ValueError(
-            f"{purpose}.vae_from: {vae_from} has {vae.config.latent_channels} latent channels, the teacher's UNet "
-            f"expects {teacher.latent_channels} (config.latent_channels)"
-        )
-    # The vae_* entries of `config` only shaped the placeholder VAE, which the trained one replaces.
-    return DiffusionDepthTeacher(
-        teacher.unet,
-        vae,
-        dict(teacher.noise_scheduler.config),
-        teacher.empty_text_embedding,
-        timestep_spacing=None,
-        rescale_betas_zero_snr=None,
-    )
-
-
-def load_teacher(
-    source: str | Path | Mapping[str, Any], freeze: bool = False, purpose: str = "teacher"
-) -> DiffusionDepthTeacher:
-    """Build a :class:`~d3epth.models.teacher.DiffusionDepthTeacher` from a path, a config or a checkpoint.
-
-    Sources:
-
-    * ``"dir/"`` — a local diffusers directory (Marigold, E2E-FT or Stable Diffusion 2): ``from_pretrained(dir)``;
-    * ``"run.ckpt"`` — a :class:`TeacherTask` checkpoint: the architecture stored in it (or, for a checkpoint without
-      one, its ``teacher`` hyper-parameter) plus its ``teacher.*`` weights, the VAE included;
-    * ``{"path": dir, **kwargs}`` — ``from_pretrained(dir, **kwargs)`` (``timestep_spacing``,
-      ``rescale_betas_zero_snr``, ``text_embedding_file``, ``torch_dtype`` as a string, ...); a ``.ckpt`` path takes
-      no kwargs;
-    * ``{"config": {...}, "vae_from": ckpt | None}`` — ``from_config(**config)`` (random weights from its ``seed``),
-      with the VAE of an :class:`~d3epth.tasks.autoencoder.AutoencoderTask` checkpoint when ``vae_from`` is set.
-
-    Args:
-        source: one of the above.
-        freeze: call :meth:`~d3epth.models.teacher.DiffusionDepthTeacher.freeze` (eval, no gradients) before returning.
-        purpose: what the teacher is for, named in error messages (e.g. ``"model.init_args.teacher"``).
-
-    Returns:
-        The teacher on the CPU (train mode with gradients unless ``freeze``).
-
-    Raises:
-        FileNotFoundError: a named directory or checkpoint does not exist.
-        ValueError: a checkpoint written by another task, an unknown spec key, or an incompatible VAE.
-    """
-    if isinstance(source, Mapping):
-        source = dict(source)
-        if "path" in source and "config" in source:
-            raise ValueError(f"{purpose}: give either 'path' (a directory or .ckpt) or 'config', not both")
-        if "path" in source:
-            path = Path(str(source["path"])).expanduser()
-            if path.suffix == ".ckpt" or path.is_file():
-                if len(source) > 1:
-                    extra = sorted(k for k in source if k != "path")
-                    raise ValueError(f"{purpose}: a checkpoint path takes no other keys, got {extra}")
-                teacher = _from_checkpoint(path, purpose)
-            else:
-                teacher = _from_pretrained(source, purpose)
-        elif "config" in source:
-            teacher = _from_config(source, purpose)
-        else:
-            raise ValueError(
-                f"{purpose}: a teacher spec mapping needs 'path' (diffusers directory or TeacherTask .ckpt) or "
-                "'config' (DiffusionDepthTeacher.from_config arguments, optional 'vae_from'); "
-                f"got keys {sorted(source)}"
-            )
-    elif isinstance(source, str | Path):
-        path = Path(str(source)).expanduser()
-        if path.is_dir():
-            teacher = DiffusionDepthTeacher.from_pretrained(path)
-        elif path.is_file() or path.suffix == ".ckpt":
-            teacher = _from_checkpoint(path, purpose)
-        else:
-            raise FileNotFoundError(
-                f"{purpose}: {path} is neither a diffusers teacher directory nor a TeacherTask .ckpt file"
-            )
-    else:
-        raise ValueError(f"{purpose}: expected a path or a mapping, got {type(source).__name__}")
-    return teacher.freeze() if freeze else teacher
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -237,11 +52,12 @@ class TeacherTask(DepthTask):
 
     The teacher spec is stored in the hyper-parameters, so ``TeacherTask.load_from_checkpoint(ckpt)`` rebuilds it from
     the same source; the checkpoint holds all ``teacher.*`` weights (UNet *and* the frozen VAE) plus the architecture,
-    so :func:`load_teacher` rebuilds the trained teacher from the checkpoint alone.
+    so :func:`~d3epth.models.teacher.sources.load_teacher` rebuilds the trained teacher from the checkpoint alone.
 
     Args:
-        teacher: teacher source, see :func:`load_teacher` (e.g. ``{path: ${oc.env:SD2_PATH}}`` or
-            ``{config: {...}, vae_from: autoencoder.ckpt}`` or a teacher ``.ckpt`` to fine-tune further).
+        teacher: teacher source, see :func:`~d3epth.models.teacher.sources.load_teacher` (e.g.
+            ``{path: ${oc.env:SD2_PATH}}`` or ``{config: {...}, vae_from: autoencoder.ckpt}`` or a teacher ``.ckpt`` to
+            fine-tune further).
         mode: ``"diffusion"`` (Marigold) or ``"e2e"`` (E2E-FT single-step, pixel-space loss).
         loss: ``"mse"`` (diffusion: masked latent MSE), ``"ssi"`` (e2e: E2E-FT's SSI-L1) or ``"hybrid"`` (e2e: D²epth's
             HybridDepthLoss); ``None`` = ``mse`` for diffusion, ``ssi`` for e2e.
@@ -319,15 +135,7 @@ class TeacherTask(DepthTask):
 
         built = load_teacher(teacher, purpose="model.init_args.teacher")
         if timestep_spacing is not None or rescale_betas_zero_snr is not None:
-            built = DiffusionDepthTeacher(
-                built.unet,
-                built.vae,
-                dict(built.noise_scheduler.config),
-                built.empty_text_embedding,
-                timestep_spacing=timestep_spacing,
-                rescale_betas_zero_snr=rescale_betas_zero_snr,
-                text_source=built.text_source,
-            )
+            built = built.replace(timestep_spacing=timestep_spacing, rescale_betas_zero_snr=rescale_betas_zero_snr)
         self.teacher = built
         # Only the UNet learns; the VAE is frozen and stays in eval mode (see train()).
         self.teacher.vae.requires_grad_(False).eval()
@@ -352,7 +160,7 @@ class TeacherTask(DepthTask):
         return self
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Task marker (base) plus the teacher's architecture, so :func:`load_teacher` needs no other file."""
+        """Task marker (base) plus the teacher's architecture, so ``load_teacher`` needs no other file."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[TEACHER_ARCH_KEY] = teacher_architecture(self.teacher)
 
@@ -421,10 +229,7 @@ class TeacherTask(DepthTask):
     # ----------------------------------------------------------------------------------------------- e2e mode
     def e2e_prediction(self, image: Tensor) -> Tensor:
         """Single-step (t = 999, zero latent) depth in [-1, 1], differentiable w.r.t. the UNet. [B,1,H,W]."""
-        with torch.no_grad():
-            rgb_latent = self.teacher.encode_image(image)
-        latent = self.teacher.predict_latent_one_step(rgb_latent)
-        return self.teacher.decode_depth(latent)
+        return self.teacher.decode_depth(self.teacher.one_step(image).latent)
 
     def e2e_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """Pixel-space loss of the single-step prediction against ``depth_norm`` on ``valid_mask``."""
