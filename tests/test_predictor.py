@@ -135,7 +135,7 @@ def test_student_checkpoint_that_does_not_match_its_student(
     with pytest.raises(CheckpointError, match=r"changed\.ckpt \(PixelRefinementTask\) does not match the student"):
         load_predictor(tmp_path / "changed.ckpt")
     torch.save({"d3epth_task": "TeacherTask", "state_dict": {}, "hyper_parameters": {}}, tmp_path / "t.ckpt")
-    with pytest.raises(CheckpointError, match="written by TeacherTask, expected .* LatentDistillationTask or Pixel"):
+    with pytest.raises(CheckpointError, match=r"written by TeacherTask, expected .* LatentDistillationTask or Pixel"):
         load_student_checkpoint(tmp_path / "t.ckpt")
 
 
