@@ -18,6 +18,7 @@ from d3epth.inference import (
     TeacherDepthPredictor,
     load_predictor,
     load_student_checkpoint,
+    load_task,
     processing_size,
     student_model_from_task,
 )
@@ -124,6 +125,16 @@ def test_stage2_vae_checkpoint_is_the_student_with_the_teacher_vae(
         expected = task.predict_depth({"image": image})
     torch.testing.assert_close(predictor.predict(image), expected, rtol=0, atol=0)
     torch.testing.assert_close(model(image), expected, rtol=0, atol=0)
+
+
+def test_load_task_rebuilds_the_task_the_registry_names(stage1: tuple[LatentDistillationTask, Path]) -> None:
+    task = load_task(stage1[1])
+    assert type(task) is LatentDistillationTask and not task.training
+    model, kwargs = student_model_from_task(task)
+    assert model.pixel_decoder == "vae" and kwargs == dict(stage1[0].hparams["student"])
+    image = rand_image(1, 19, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(load_predictor(stage1[1]).predict(image), model(image), rtol=0, atol=0)
 
 
 def test_student_checkpoint_that_does_not_match_its_student(
