@@ -127,7 +127,7 @@ def test_unknown_key_in_nested_class_node(tmp_path: Path) -> None:
     cfg = write(
         tmp_path / "nested.yaml",
         """data:
-  class_path: d3epth.tasks.trainer.SaveResolvedConfig
+  class_path: d3epth.cli.trainer.SaveResolvedConfig
   init_args:
     config:
       inner:

@@ -11,6 +11,17 @@ import torch
 from diffusers import MarigoldDepthPipeline
 from teacher_fixtures import tiny_marigold_dir, tiny_sd2_dir  # noqa: F401 (fixtures)
 
+from d3epth.errors import CheckpointError
+from d3epth.inference import (
+    DepthPredictor,
+    ModuleDepthPredictor,
+    TeacherDepthPredictor,
+    load_predictor,
+    load_student_checkpoint,
+    load_task,
+    processing_size,
+    student_model_from_task,
+)
 from d3epth.models import DepthStudent, DiffusionDepthTeacher
 from d3epth.models.depth_model import StudentDepthModel, decode_depth_latent
 from d3epth.models.export import (
@@ -20,14 +31,6 @@ from d3epth.models.export import (
     save_student,
 )
 from d3epth.tasks import PixelRefinementTask
-from d3epth.tasks.predictor import (
-    DepthPredictor,
-    TaskDepthPredictor,
-    TeacherDepthPredictor,
-    load_predictor,
-    processing_size,
-    student_model_from_task,
-)
 from d3epth.tasks.stage1 import LatentDistillationTask
 
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
@@ -65,7 +68,8 @@ def stage1(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatentDistillation
 def test_stage2_checkpoint_predicts_like_the_task(stage2: tuple[PixelRefinementTask, Path]) -> None:
     task, path = stage2
     predictor = load_predictor(path)
-    assert isinstance(predictor, TaskDepthPredictor)
+    assert isinstance(predictor, ModuleDepthPredictor) and isinstance(predictor.model, StudentDepthModel)
+    assert predictor.model.pixel_decoder == "light"
     assert predictor.kind == "depth" and predictor.name.endswith("last") and predictor.source == str(path)
     assert predictor.size_multiple == task.student.pad_multiple(("depth",)) == 32
     image = rand_image(2, 37, 45)
@@ -101,8 +105,53 @@ def test_stage2_checkpoint_loads_after_its_stage1_checkpoint_is_gone(
     torch.testing.assert_close(load_predictor(path).predict(image), expected, rtol=0, atol=0)
 
 
+def test_stage2_vae_checkpoint_is_the_student_with_the_teacher_vae(
+    tmp_path: Path, stage1: tuple[LatentDistillationTask, Path]
+) -> None:
+    """The predictor holds only what runs (student + VAE decoder, no UNet) and computes the task's own depth."""
+    torch.manual_seed(2)
+    task = PixelRefinementTask(init_from=str(stage1[1]), pixel_decoder="vae", teacher={"config": {}}).eval()
+    path = save_task(task, tmp_path / "stage2_vae.ckpt")
+    model, kwargs, name = load_student_checkpoint(path)
+    assert name == "PixelRefinementTask" and kwargs == dict(task.hparams["student"])
+    assert model.pixel_decoder == "vae" and not model.training
+    predictor = load_predictor(path)
+    assert isinstance(predictor.model, StudentDepthModel) and predictor.model.pixel_decoder == "vae"
+    assert predictor.size_multiple == task.student.pad_multiple(("latent",))
+    in_predictor = sum(p.numel() for p in predictor.parameters())
+    assert in_predictor == sum(p.numel() for p in [*task.student.parameters(), *task.teacher.vae.parameters()])
+    image = rand_image(1, 29, 38)
+    with torch.no_grad():
+        expected = task.predict_depth({"image": image})
+    torch.testing.assert_close(predictor.predict(image), expected, rtol=0, atol=0)
+    torch.testing.assert_close(model(image), expected, rtol=0, atol=0)
+
+
+def test_load_task_rebuilds_the_task_the_registry_names(stage1: tuple[LatentDistillationTask, Path]) -> None:
+    task = load_task(stage1[1])
+    assert type(task) is LatentDistillationTask and not task.training
+    model, kwargs = student_model_from_task(task)
+    assert model.pixel_decoder == "vae" and kwargs == dict(stage1[0].hparams["student"])
+    image = rand_image(1, 19, 30)
+    with torch.no_grad():
+        torch.testing.assert_close(load_predictor(stage1[1]).predict(image), model(image), rtol=0, atol=0)
+
+
+def test_student_checkpoint_that_does_not_match_its_student(
+    tmp_path: Path, stage2: tuple[PixelRefinementTask, Path]
+) -> None:
+    checkpoint = torch.load(stage2[1], map_location="cpu", weights_only=False)
+    checkpoint["hyper_parameters"]["student"]["decoder_channels"] = 8
+    torch.save(checkpoint, tmp_path / "changed.ckpt")
+    with pytest.raises(CheckpointError, match=r"changed\.ckpt \(PixelRefinementTask\) does not match the student"):
+        load_predictor(tmp_path / "changed.ckpt")
+    torch.save({"d3epth_task": "TeacherTask", "state_dict": {}, "hyper_parameters": {}}, tmp_path / "t.ckpt")
+    with pytest.raises(CheckpointError, match=r"written by TeacherTask, expected .* LatentDistillationTask or Pixel"):
+        load_student_checkpoint(tmp_path / "t.ckpt")
+
+
 def test_teacher_task_checkpoint_is_a_diffusion_predictor(tmp_path: Path) -> None:
-    from d3epth.tasks.teacher import TeacherTask
+    from d3epth.tasks import TeacherTask
 
     task = TeacherTask(teacher={"config": {}})
     with torch.no_grad():  # "trained": differs from what its config builds, so the weights must come from the file
@@ -122,7 +171,7 @@ def test_processing_resolution_runs_the_model_at_the_rounded_size(stage2: tuple[
     assert processing_size(10, 10, 4, 32) == (32, 32)  # never below one multiple
     predictor = load_predictor(stage2[1], processing_resolution=50)
     seen: list[tuple[int, ...]] = []
-    handle = predictor.task.student.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    handle = predictor.model.student.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
     try:
         assert predictor.predict(rand_image(1, 60, 100)).shape == (1, 1, 60, 100)
         assert predictor.predict(rand_image(1, 60, 100), processing_resolution=0).shape == (1, 1, 60, 100)

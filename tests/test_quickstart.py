@@ -5,25 +5,22 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import torch
+from tool_loader import load_tool
 
+from d3epth.cli import quickstart
 from d3epth.config import load_config
 from d3epth.data import HypersimDataset
+from d3epth.inference import load_predictor
 from d3epth.metrics import DepthMetrics
-from d3epth.tasks.predictor import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = 0.002  # 800/1000/500 default steps -> 1 or 2 steps per stage
-
-
-if str(ROOT) not in sys.path:  # tools/ is a folder of scripts, importable from the repository root
-    sys.path.insert(0, str(ROOT))
-from tools import make_sample_data, quickstart  # noqa: E402
+make_sample_data = load_tool("make_sample_data")
 
 #: Very small sample data: enough Hypersim frames pass the filter for one training batch of 4; one frame per
 #: VKITTI sequence; two NYU / KITTI test frames. The sample configs resize Hypersim and NYU themselves.
@@ -152,7 +149,7 @@ def test_chain_trains_every_stage_reuses_and_starts_fresh(
         raise AssertionError("a finished stage was trained again")
 
     with monkeypatch.context() as patch:
-        patch.setattr("d3epth.tasks.trainer.fit", no_training)
+        patch.setattr("d3epth.cli.trainer.fit", no_training)
         assert run(data, logs) == 0
     out = capsys.readouterr().out
     for stage in quickstart.STAGES:
@@ -211,6 +208,7 @@ def test_failed_data_generation_exits_1(
     monkeypatch.setattr(
         quickstart, "subprocess", types.SimpleNamespace(run=lambda *a, **k: types.SimpleNamespace(returncode=3))
     )
-    assert run(tmp_path / "empty", tmp_path / "logs") == 1
+    argv = ["--data", str(tmp_path / "empty"), "--logs", str(tmp_path / "logs"), "--steps-scale", str(SCALE)]
+    assert load_tool("quickstart").main(argv) == 1  # through tools/quickstart.py, the README's command
     assert "generating the sample data failed" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()  # no stage started

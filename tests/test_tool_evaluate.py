@@ -14,9 +14,9 @@ from data_fixtures import write_hypersim, write_nyu
 from tool_loader import load_tool
 
 from d3epth.data import DepthDataModule, HypersimDataset, NYUv2Dataset
+from d3epth.inference import load_predictor
 from d3epth.metrics import METRIC_NAMES, DepthMetrics
 from d3epth.tasks import PixelRefinementTask
-from d3epth.tasks.predictor import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}

@@ -110,7 +110,7 @@ def test_teacher_directory_exports_a_marigold_pipeline(tmp_path: Path, tiny_mari
 
 
 def test_teacher_task_checkpoint_exports(tmp_path: Path) -> None:
-    from d3epth.tasks.teacher import TeacherTask
+    from d3epth.tasks import TeacherTask
 
     task = TeacherTask(teacher={"config": {}})
     with torch.no_grad():  # a "trained" teacher: its UNet differs from the one its config builds

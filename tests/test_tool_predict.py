@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 from tool_loader import load_tool
 
-from d3epth.data.images import read_image
+from d3epth.inference import load_predictor, read_image
 from d3epth.tasks import PixelRefinementTask
-from d3epth.tasks.predictor import load_predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}

@@ -1,4 +1,8 @@
-"""Load a script from ``tools/`` as a module, so tests call its ``main(argv)`` in-process."""
+"""The one way tests run a tool through its ``tools/<name>.py`` file: import the file and call its ``main(argv)``.
+
+``tools/*.py`` are shims around ``d3epth.cli.<name>.main``; a test of a tool's internals imports ``d3epth.cli.<name>``
+directly, and every tool keeps at least one test that goes through its file here (the README's command).
+"""
 
 from __future__ import annotations
 

@@ -1,141 +1,17 @@
-"""Evaluate depth models on benchmarks with the Marigold protocol and the shared evaluator.
+"""Evaluate depth models (task checkpoints, exported students, Marigold / E2E-FT directories) on benchmarks.
 
-A model is a d3epth checkpoint of any stage, an exported student directory, or a diffusers Marigold / E2E-FT
-directory. Benchmarks are named (data roots from flags or the environment) or taken from a data config's test sets::
+Usage::
 
     python tools/evaluate.py lightning_logs/stage2/version_0/checkpoints/last.ckpt --benchmark nyu kitti
     python tools/evaluate.py checkpoints/marigold-depth-v1-1 --benchmark nyu --nyu-root /data/nyuv2
     python tools/evaluate.py a.ckpt b.ckpt --config configs/sample/data.yaml      # the config's test sets
 
-Prints a table (AbsRel, δ1, ... per model and benchmark) and writes ``results.json`` and ``results.csv`` to ``--out``.
-Per image: least-squares scale and shift (depth space for depth models, disparity space for disparity models, none
-for metric models), clip to the benchmark range, metrics over valid pixels (and crop), averaged over images.
+Prints a table and writes ``results.json`` and ``results.csv`` to ``--out``. The body is :mod:`d3epth.cli.evaluate`.
 """
 
-from __future__ import annotations
-
-import argparse
-import csv
-import json
-import os
 import sys
-from pathlib import Path
 
-#: Benchmarks with a reader here: reader class, its arguments, the root's environment variable, evaluation preset.
-BENCHMARK_READERS = {
-    "nyu": ("NYUv2Dataset", {"split": "test"}, "NYUV2_ROOT", "nyu"),
-    "kitti": ("KITTIDataset", {"split": "test", "kb_crop": True}, "KITTI_ROOT", "kitti_eigen"),
-    "hypersim": ("HypersimDataset", {"split": "test"}, "HYPERSIM_ROOT", "hypersim"),
-    "vkitti": ("VirtualKITTI2Dataset", {"split": "val", "kb_crop": True}, "VKITTI2_ROOT", "vkitti"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``tools/evaluate.py``."""
-    parser = argparse.ArgumentParser(
-        prog="tools/evaluate.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
-    parser.add_argument(
-        "models", nargs="+", metavar="MODEL", help="checkpoint (.ckpt), exported student or diffusers dir"
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--benchmark", nargs="+", choices=sorted(BENCHMARK_READERS), help="named benchmarks")
-    source.add_argument("--config", help="a run or data config whose data.init_args.test sets are evaluated")
-    for name, (_, _, env, _) in BENCHMARK_READERS.items():
-        parser.add_argument(f"--{name}-root", help=f"{name} root (default: ${env})")
-    parser.add_argument("--kitti-crop", choices=("eigen", "garg"), default="eigen", help="KITTI evaluation crop")
-    parser.add_argument(
-        "--alignment",
-        choices=("auto", "depth", "disparity", "none"),
-        default="auto",
-        help="per-image alignment; auto follows the model kind (depth models: depth space)",
-    )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
-    parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--num-steps", type=int, default=1, help="denoising steps for diffusion models")
-    parser.add_argument("--ensemble-size", type=int, default=1, help="ensemble size for diffusion models")
-    parser.add_argument("--out", default="evaluation", help="folder for results.json and results.csv")
-    return parser
-
-
-def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
-    """Datasets to score and their evaluation presets, from ``--benchmark`` or ``--config``."""
-    from d3epth import data
-    from d3epth.config import ConfigError, instantiate, load_config
-
-    if args.config:
-        cfg = load_config(args.config)
-        if cfg.get("data") is None:
-            raise ConfigError(f"{args.config}: has no 'data' node to take test sets from")
-        datamodule = instantiate(cfg.data)
-        if not datamodule.test_sets:
-            raise ConfigError(f"{args.config}: data.init_args.test is empty")
-        return dict(datamodule.test_sets), {}
-    datasets, presets = {}, {}
-    for name in args.benchmark:
-        class_name, kwargs, env, preset = BENCHMARK_READERS[name]
-        root = getattr(args, f"{name}_root") or os.environ.get(env)
-        if not root:
-            raise ConfigError(f"--benchmark {name}: give --{name}-root or set ${env} to the dataset folder")
-        if name == "kitti":
-            preset = f"kitti_{args.kitti_crop}"
-        datasets[name] = getattr(data, class_name)(root=root, **kwargs)
-        presets[name] = preset
-    return datasets, presets
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Evaluate every model on every benchmark, print the table and write JSON + CSV. Returns the exit code."""
-    args = build_parser().parse_args(argv)
-    import torch
-
-    from d3epth.config import ConfigError
-    from d3epth.tasks.evaluation import evaluate, format_table
-    from d3epth.tasks.predictor import load_predictor
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        datasets, presets = benchmark_datasets(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    rows = []
-    for source in args.models:
-        try:
-            predictor = load_predictor(
-                source, device=device, num_steps=args.num_steps, ensemble_size=args.ensemble_size
-            )
-        except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        alignment = predictor.kind if args.alignment == "auto" else args.alignment
-        results = evaluate(
-            predictor.predict,
-            datasets,
-            alignment=alignment,
-            benchmarks=presets,
-            batch_size=args.batch_size,
-            device=device,
-        )
-        for name, values in results.items():
-            rows.append({"model": source, "benchmark": name, "alignment": alignment, **values})
-
-    columns = [("model", "model", ""), ("benchmark", "benchmark", ""), ("num_images", "images", "d")]
-    columns += [(key, key, ".4f") for key in ("abs_rel", "sq_rel", "rmse", "rmse_log", "delta1", "delta2", "delta3")]
-    print(format_table(rows, columns))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out / 'results.json'} and {out / 'results.csv'}")
-    return 0
-
+from d3epth.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,7 @@
-"""LightningModules: the only place d3epth uses Lightning (besides the datamodule)."""
+"""LightningModules, one per stage, and their registry (:mod:`d3epth.tasks.registry`).
+
+Besides these, only the trainer assembly (:mod:`d3epth.cli.trainer`) and the datamodule use Lightning.
+"""
 
 from d3epth.tasks.autoencoder import AutoencoderTask
 from d3epth.tasks.base import DepthTask

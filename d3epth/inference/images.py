@@ -1,7 +1,7 @@
 """Image files in, depth files out: what ``tools/predict.py`` reads and writes.
 
 Inputs: :func:`collect_inputs` expands files, folders (optionally recursive, structure mirrored in the output names)
-and glob patterns; :func:`read_image` decodes any size and mode to RGB ``[3, H, W]`` in [−1, 1] (RGBA / LA / palette
+and glob patterns; :func:`read_image` decodes any size and mode to RGB ``[3,H,W]`` in [−1, 1] (RGBA / LA / palette
 transparency dropped, greyscale replicated, 16-bit greyscale scaled by 1/65535, camera EXIF orientation applied);
 :class:`ImageFiles` decodes them in DataLoader workers, and :func:`same_size_batches` groups consecutive same-size
 images into batches.
@@ -11,7 +11,7 @@ Outputs (:func:`write_outputs`), per image ``NAME``, in Marigold's layout::
     DIR/depth_bw/NAME_pred.png               uint16 PNG: relative depth min-max normalised per image to [0, 1] × 65535
                                              (0 = nearest, 65535 = farthest; scale and shift unknown)
     DIR/depth_colored/NAME_pred_colored.png  the same map coloured ("Spectral": near = red, far = blue)
-    DIR/depth_npy/NAME_pred.npy              optional: float32 [H, W], the same normalised map before quantisation
+    DIR/depth_npy/NAME_pred.npy              optional: float32 [H,W], the same normalised map before quantisation
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> list[InputImag
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """Read an image file as RGB ``[3, H, W]`` float32 in [−1, 1].
+    """Read an image file as RGB ``[3,H,W]`` float32 in [−1, 1].
 
     Alpha is dropped, greyscale replicated, 16-bit greyscale scaled by 1/65535 (32-bit integer greyscale, as Pillow
     reads some 16-bit PNGs, likewise), float greyscale taken as [0, 1]; EXIF orientation is applied, so the result is
@@ -171,7 +171,7 @@ def same_size_batches(
 
 
 def normalise(depth: torch.Tensor) -> np.ndarray:
-    """Min-max normalise one depth map ``[H, W]`` to [0, 1] (float32); a constant map becomes 0."""
+    """Min-max normalise one depth map ``[H,W]`` to [0, 1] (float32); a constant map becomes 0."""
     depth = depth.float()
     lo, hi = depth.min(), depth.max()
     scaled = (depth - lo) / (hi - lo) if hi > lo else torch.zeros_like(depth)
@@ -184,7 +184,7 @@ def to_uint16(depth01: np.ndarray) -> np.ndarray:
 
 
 def write_outputs(out: Path, name: str, depth: torch.Tensor, npy: bool, color: bool, color_map: str) -> None:
-    """Write the 16-bit PNG, the colourised PNG and (optionally) the .npy of one prediction ``[H, W]``."""
+    """Write the 16-bit PNG, the colourised PNG and (optionally) the .npy of one prediction ``[H,W]``."""
     from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 
     depth01 = normalise(depth)

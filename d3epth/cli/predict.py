@@ -1,0 +1,153 @@
+"""The body of ``tools/predict.py``: depth for image files with any d3epth model, written as PNGs and .npy files.
+
+Usage::
+
+    python tools/predict.py INPUT [INPUT ...] --model SOURCE --out DIR [--batch-size 4] [--processing-resolution N]
+                            [--device auto|cpu|cuda[:i]] [--precision fp32|bf16|fp16] [--npy] [--skip-errors]
+
+INPUT: image files, folders (images directly inside; ``--recursive`` for sub-folders, whose structure is mirrored)
+or glob patterns (quote them: ``'photos/**/*.jpg'``). Any size and mode: RGBA / LA / palette transparency is dropped,
+greyscale is replicated to RGB, 16-bit greyscale PNGs are scaled by 1/65535, camera EXIF orientation is applied.
+SOURCE: anything :func:`d3epth.inference.load_predictor` loads — a task checkpoint of any stage, an exported
+student directory, a diffusers Marigold / E2E-FT directory (``--num-steps``, ``--ensemble-size``, ``--seed``).
+
+Outputs, per image ``NAME`` (Marigold's layout)::
+
+    DIR/depth_bw/NAME_pred.png               uint16 PNG: relative depth min-max normalised per image to [0, 1],
+                                             × 65535 (the Marigold / diffusers convention; 0 = nearest, 65535 =
+                                             farthest). It is *relative* depth: scale and shift are unknown.
+    DIR/depth_colored/NAME_pred_colored.png  the same map coloured with "Spectral" (near = red, far = blue), as Marigold
+    DIR/depth_npy/NAME_pred.npy              --npy: float32 [H,W], the same normalised map before quantisation
+
+Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a size;
+otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the run unless
+``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model. Reading and
+writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``tools/predict.py``."""
+    parser = argparse.ArgumentParser(
+        prog="tools/predict.py",
+        description=(
+            "Predict relative depth for images with a d3epth model (task checkpoint, exported student, or diffusers "
+            "Marigold / E2E-FT directory). Writes DIR/depth_bw/NAME_pred.png (uint16, per-image min-max normalised "
+            "relative depth x 65535, larger = farther), DIR/depth_colored/NAME_pred_colored.png (Spectral) and, with "
+            "--npy, DIR/depth_npy/NAME_pred.npy (float32, same normalised map), all at the input size."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or (quoted) glob patterns")
+    parser.add_argument("-m", "--model", required=True, metavar="SOURCE", help="checkpoint or model directory")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (same-size images only)")
+    parser.add_argument(
+        "--processing-resolution",
+        type=int,
+        default=None,
+        metavar="N",
+        help="resize the longer side to about N (students: both sides rounded to the model's multiple, e.g. 32; "
+        "diffusion models: Marigold's resizing) and resize the prediction back; 0 = native; default: the model's "
+        "own default (a Marigold directory's model_index.json), else native",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--precision", choices=sorted(_PRECISIONS), default="fp32", help="autocast dtype for the model (default fp32)"
+    )
+    parser.add_argument("--num-steps", type=int, default=1, help="diffusion models: DDIM steps (default 1, E2E-FT)")
+    parser.add_argument("--ensemble-size", type=int, default=1, help="diffusion models: ensemble members per image")
+    parser.add_argument("--seed", type=int, default=0, help="diffusion models: seed of the ensemble's initial noise")
+    parser.add_argument("--teacher", metavar="SRC", help="stage-1 / stage-2 (vae) checkpoints: teacher source override")
+    parser.add_argument("--npy", action="store_true", help="also write float32 .npy maps")
+    parser.add_argument("--no-color", action="store_true", help="do not write colourised PNGs")
+    parser.add_argument("--color-map", default="Spectral", help="colour map of the colourised PNGs (default Spectral)")
+    parser.add_argument("--recursive", action="store_true", help="also read images in sub-folders of INPUT folders")
+    parser.add_argument("--skip-errors", action="store_true", help="warn about unreadable images and go on")
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes (0 = main)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, load the model, predict and write outputs. Returns the exit code (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from d3epth.inference import ImageFiles, collect_inputs, load_predictor, same_size_batches, write_outputs
+
+    def error(message: str, code: int = 2) -> int:
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
+    if args.batch_size < 1:
+        return error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.processing_resolution is not None and args.processing_resolution < 0:
+        return error(f"--processing-resolution must be >= 0, got {args.processing_resolution}")
+    try:
+        images = collect_inputs(args.inputs, args.recursive)
+        device = _device(args.device)
+        predictor = load_predictor(
+            args.model,
+            device,
+            num_steps=args.num_steps,
+            ensemble_size=args.ensemble_size,
+            processing_resolution=args.processing_resolution,
+            seed=args.seed,
+            teacher=args.teacher,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        return error(str(err))
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(images), batch_size=None, shuffle=False, num_workers=max(args.num_workers, 0)
+    )
+    dtype = _PRECISIONS[args.precision]
+    failures: list[str] = []
+    progress = tqdm(total=len(images), unit="img", desc=predictor.name, disable=args.quiet, file=sys.stderr)
+    try:
+        for indices, tensors, errors in same_size_batches(iter(loader), args.batch_size):
+            for _, message in errors:
+                if not args.skip_errors:
+                    progress.close()
+                    return error(f"{message} (use --skip-errors to go on without it)", code=1)
+                failures.append(message)
+                tqdm.write(f"warning: skipped: {message}", file=sys.stderr)
+                progress.update(1)
+            if not tensors:
+                continue
+            batch = torch.stack(tensors).to(device)
+            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+            with autocast:
+                depth = predictor.predict(batch).float()
+            for index, prediction in zip(indices, depth, strict=True):
+                write_outputs(out, images[index].name, prediction[0], args.npy, not args.no_color, args.color_map)
+            progress.update(len(indices))
+    finally:
+        progress.close()
+    written = len(images) - len(failures)
+    print(f"wrote depth for {written} image(s) to {out}", file=sys.stderr)
+    if failures:
+        return error(f"{len(failures)} image(s) could not be read and were skipped", code=1)
+    return 0

@@ -1,0 +1,188 @@
+"""The whole D³epth chain on freshly generated sample data, on a CPU, ending with a comparison table.
+
+    make sample data → [0] autoencoder → [1] teacher → [2] stage 1 → [3] stage 2 (light head; VAE decoder)
+                     → no-teacher baseline → evaluate every model on the held-out sample test sets
+
+Each stage is ``tools/fit.py`` with its ``configs/sample/*.yaml`` and the previous stage's checkpoint. Re-running
+reuses finished stages (a stage whose ``last.ckpt`` reached its ``max_steps``) and resumes an interrupted one;
+``--fresh`` starts over. Usage::
+
+    python tools/quickstart.py                 # everything (~15 min on 2 CPU cores)
+    python tools/quickstart.py --steps-scale 0.1 --fresh   # a quick smoke run of the same chain
+    tensorboard --logdir lightning_logs
+
+This is the body of ``tools/quickstart.py``; the training goes through :func:`d3epth.cli.trainer.fit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The repository root (configs/ and tools/ live there; d3epth is installed from it in editable mode).
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: its config and the overrides that wire in earlier stages' checkpoints."""
+
+    name: str
+    config: str
+    wiring: Callable[[dict[str, str]], list[str]]
+    label: str
+
+
+STAGES = (
+    Stage("autoencoder", "configs/sample/autoencoder.yaml", lambda ck: [], "[0] autoencoder"),
+    Stage(
+        "teacher",
+        "configs/sample/teacher.yaml",
+        lambda ck: [f"model.init_args.teacher.vae_from={ck['autoencoder']}"],
+        "[1] teacher (Marigold objective)",
+    ),
+    Stage(
+        "stage1", "configs/sample/stage1.yaml", lambda ck: [f"model.init_args.teacher={ck['teacher']}"], "[2] stage 1"
+    ),
+    Stage(
+        "stage2", "configs/sample/stage2.yaml", lambda ck: [f"model.init_args.init_from={ck['stage1']}"], "[3] stage 2"
+    ),
+    Stage(
+        "stage2_vae",
+        "configs/sample/stage2_vae.yaml",
+        lambda ck: [f"model.init_args.init_from={ck['stage1']}", f"model.init_args.teacher={ck['teacher']}"],
+        "[3] stage 2, VAE decoder",
+    ),
+    Stage("baseline", "configs/sample/baseline.yaml", lambda ck: [], "baseline (no teacher)"),
+)
+
+#: Rows of the final table: model name, the stage whose checkpoint it is.
+MODELS = (
+    ("teacher (1 step)", "teacher"),
+    ("stage 1 student (latent + VAE dec.)", "stage1"),
+    ("stage 2 student, light head", "stage2"),
+    ("stage 2 student, VAE decoder", "stage2_vae"),
+    ("baseline: student on GT only", "baseline"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``tools/quickstart.py``."""
+    parser = argparse.ArgumentParser(prog="tools/quickstart.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="sample_data", help="sample data folder (generated if missing)")
+    parser.add_argument("--logs", default="lightning_logs", help="TensorBoard / checkpoint root")
+    parser.add_argument("--fresh", action="store_true", help="delete the sample data and these stages' runs first")
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every stage's max_steps (e.g. 0.1 for a smoke run)"
+    )
+    parser.add_argument("--out", default=None, help="where to write results.json (default: <logs>/quickstart)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated sample data")
+    return parser
+
+
+def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale: float) -> str:
+    """Train one stage unless its last checkpoint already reached max_steps; return that checkpoint's path."""
+    import torch
+
+    from d3epth.cli.trainer import fit, run_dir
+    from d3epth.config import load_config
+
+    overrides = [f"logger.save_dir={logs}", *stage.wiring(checkpoints)]
+    cfg = load_config(REPO / stage.config, overrides)
+    max_steps = max(1, round(int(cfg.trainer.max_steps) * steps_scale))
+    interval = max(1, min(int(cfg.trainer.val_check_interval), max_steps))
+    cfg.trainer.max_steps, cfg.trainer.val_check_interval = max_steps, interval
+    overrides += [f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={interval}"]  # for the printed command
+
+    last = sorted(run_dir(cfg).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    resume = None
+    if last:
+        step = torch.load(last[-1], map_location="cpu", weights_only=False)["global_step"]
+        if step >= max_steps:
+            print(f"== {stage.label}: done ({last[-1]}, step {step}), reusing it", flush=True)
+            return str(last[-1])
+        resume = "last"
+        print(f"== {stage.label}: resuming from step {step} of {max_steps}", flush=True)
+    else:
+        print(f"== {stage.label}: python tools/fit.py --config {stage.config} {' '.join(overrides)}", flush=True)
+    start = time.perf_counter()
+    trainer = fit(cfg, resume=resume)
+    ckpt = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
+    print(f"== {stage.label}: {max_steps} steps in {time.perf_counter() - start:.0f} s → {ckpt}", flush=True)
+    return str(ckpt)
+
+
+def evaluate_models(checkpoints: dict[str, str], data_config: Path) -> list[dict[str, object]]:
+    """Score every trained model on the sample test sets and time it at the sample resolution."""
+    from d3epth.config import instantiate, load_config
+    from d3epth.inference import evaluate, load_predictor, time_per_image
+
+    datamodule = instantiate(load_config(data_config).data)
+    test_sets = dict(datamodule.test_sets)
+    size = tuple(test_sets["hypersim"][0]["image"].shape[-2:])
+    rows: list[dict[str, object]] = []
+    for label, stage in MODELS:
+        predictor = load_predictor(checkpoints[stage], device="cpu")
+        results = evaluate(predictor.predict, test_sets, alignment=predictor.kind, progress=False)
+        ms = time_per_image(predictor.predict, size)
+        params = sum(p.numel() for p in predictor.parameters()) / 1e6
+        row: dict[str, object] = {"model": label, "checkpoint": checkpoints[stage], "params_m": params, "ms": ms}
+        for set_name, values in results.items():
+            row.update({f"{set_name}/{key}": value for key, value in values.items()})
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chain, print the table and the TensorBoard command. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    data, logs = Path(args.data).resolve(), Path(args.logs).resolve()
+    os.environ["D3EPTH_SAMPLE_ROOT"] = str(data)  # every configs/sample/*.yaml reads its data from here
+    if args.fresh:
+        shutil.rmtree(data, ignore_errors=True)
+        for stage in STAGES:
+            shutil.rmtree(logs / f"sample_{stage.name}", ignore_errors=True)
+    total = time.perf_counter()
+
+    if not (data / "hypersim" / "filename_list_train_filtered.txt").is_file():
+        command = [sys.executable, str(REPO / "tools" / "make_sample_data.py"), "--out", str(data)]
+        command += ["--seed", str(args.seed), "--no-progress"]
+        print(f"== sample data: {' '.join(command[1:])}", flush=True)
+        if subprocess.run(command, check=False).returncode != 0:
+            print("error: generating the sample data failed", file=sys.stderr)
+            return 1
+    else:
+        print(f"== sample data: reusing {data}", flush=True)
+
+    checkpoints: dict[str, str] = {}
+    for stage in STAGES:
+        checkpoints[stage.name] = run_stage(stage, checkpoints, logs, args.steps_scale)
+
+    print("== evaluating every model on the held-out sample test sets", flush=True)
+    rows = evaluate_models(checkpoints, REPO / "configs" / "sample" / "data.yaml")
+    from d3epth.inference import format_table
+
+    columns = [
+        ("model", "model", ""),
+        ("hypersim/abs_rel", "Hypersim AbsRel", ".4f"),
+        ("hypersim/delta1", "Hypersim δ1", ".3f"),
+        ("nyu/abs_rel", "NYU AbsRel", ".4f"),
+        ("kitti/abs_rel", "KITTI AbsRel", ".4f"),
+        ("params_m", "params (M)", ".2f"),
+        ("ms", "ms / image (CPU)", ".1f"),
+    ]
+    print(format_table(rows, columns))
+    out = Path(args.out) if args.out else logs / "quickstart"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"results: {out / 'results.json'}  (total {time.perf_counter() - total:.0f} s)")
+    print(f"watch the runs: tensorboard --logdir {os.path.relpath(logs)}")
+    return 0
