@@ -1,4 +1,4 @@
-"""Tests of the procedural renderer and the sample-data writers (d3epth/data/synthetic.py, tools/make_sample_data.py).
+"""Tests of the procedural renderer and the sample-data writers (d3epth/data/synthetic/, tools/make_sample_data.py).
 
 Geometry is checked against hand-built scenes with known answers; the writers are checked by reading their files
 back (directly, and through the dataset readers of d3epth.data).

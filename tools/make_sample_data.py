@@ -1,6 +1,6 @@
 """Generate procedural sample data in the real on-disk layouts of Hypersim, Virtual KITTI 2, NYUv2 and KITTI.
 
-Writes (see ``d3epth/data/synthetic.py``)::
+Writes (see ``d3epth/data/synthetic/``)::
 
     <out>/hypersim_raw/   raw Hypersim HDF5 + metadata_images_split_scene_v1.csv
     <out>/hypersim/       Marigold's preprocessed layout, produced from hypersim_raw by tools/prepare_hypersim.py
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from d3epth.data import synthetic
 from d3epth.data.hypersim_prepare import prepare_hypersim
-from d3epth.utils.contact_sheet import DATASETS, make_contact_sheet
+from d3epth.data.synthetic.contact_sheet import DATASETS, make_contact_sheet
 
 
 # --------------------------------------------------------------------------------------------------------------------
