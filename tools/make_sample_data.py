@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d3epth.data import synthetic
-from d3epth.data.hypersim_prepare import prepare_hypersim
+from d3epth.data.prepare.hypersim import prepare_hypersim
 from d3epth.data.synthetic.contact_sheet import DATASETS, make_contact_sheet
 
 

@@ -4,7 +4,7 @@ Writes, per split, ``<output-dir>/<split>/<scene>/{rgb,depth_plane}_<cam>_frNNNN
 uint16 planar depth in mm), the unfiltered list and the meta CSV, and
 ``<output-dir>/filename_list_<split>_filtered.txt`` (Marigold's quality filter), from the rows of
 ``metadata_images_split_scene_v1.csv`` in the public release. The layout, the conversions and where they deliberately
-differ from Marigold's script are described in :mod:`d3epth.data.hypersim_prepare`, which does the work; this tool
+differ from Marigold's script are described in :mod:`d3epth.data.prepare.hypersim`, which does the work; this tool
 parses arguments and prints a summary.
 
 Usage::
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from d3epth.data.hypersim_prepare import (
+from d3epth.data.prepare.hypersim import (
     CSV_NAME,
     MAX_INVALID_RATIO,
     MIN_DEPTH_RANGE,

@@ -10,7 +10,8 @@ writes, per split::
     <output-dir>/<split>/filename_meta_<split>.csv             csv columns + rgb/depth stats + invalid_ratio
     <output-dir>/filename_list_<split>_filtered.txt            Marigold's quality filter
 
-as Marigold's ``script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py`` does (domain brief §1.1-1.2).
+as Marigold's ``script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py`` and ``hypersim_util.py`` do
+(raw layout: Roberts et al., "Hypersim", ICCV 2021, and the ``apple/ml-hypersim`` README).
 Differences, all deliberate: the focal length comes from the actual image width (``(W/2)/tan(30°)``, 886.81 px at
 1024), depths above 65.535 m saturate instead of wrapping around, frames with missing HDF5 files (a known Hypersim
 defect) are reported and skipped instead of stopping the run, and the filtered list is written here too.
