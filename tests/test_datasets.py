@@ -336,3 +336,37 @@ def test_malformed_vkitti_intrinsics(tmp_path: Path) -> None:
     k.write_text(k.read_text() + "3 0 725.0 oops 620.5 187\n")
     with pytest.raises(ValueError, match=rf"{k}:\d+: expected 'frame cameraID K\[0,0\]"):
         VirtualKITTI2Dataset(tmp_path / "vk", kb_crop=False)
+
+
+# ----------------------------------------------------------------------------------------------- sample contract
+
+
+def test_every_reader_returns_the_sample_contract(tmp_path: Path) -> None:
+    from d3epth.data.sample import OPTIONAL_KEYS, REQUIRED_KEYS
+
+    write_hypersim(tmp_path / "hs", {"train": 1})
+    write_vkitti2(tmp_path / "vk", "train", size=(24, 40))
+    write_nyu(tmp_path / "nyu", n=1)
+    write_kitti(tmp_path / "kitti", n=1)
+    samples = [
+        HypersimDataset(tmp_path / "hs")[0],
+        VirtualKITTI2Dataset(tmp_path / "vk", kb_crop=False)[0],
+        NYUv2Dataset(tmp_path / "nyu")[0],
+        KITTIDataset(tmp_path / "kitti", kb_crop=False)[0],
+    ]
+    for s in samples:
+        assert set(REQUIRED_KEYS) <= set(s), s["path"]
+        height, width = s["image"].shape[-2:]
+        shapes = {"[3,H,W]": (3, height, width), "[1,H,W]": (1, height, width), "[3,3]": (3, 3)}
+        for key, spec in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
+            if key not in s:
+                continue
+            if spec.dtype is None:
+                assert isinstance(s[key], str), key
+            else:
+                assert s[key].dtype == spec.dtype, key
+                if spec.shape in shapes:
+                    assert tuple(s[key].shape) == shapes[spec.shape], key
+        assert s["image"].min() >= -1 and s["image"].max() <= 1
+        assert s["depth_norm"].min() >= -1 and s["depth_norm"].max() <= 1
+        assert not s["depth"][~s["valid_mask"]].any()

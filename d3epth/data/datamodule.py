@@ -47,9 +47,10 @@ from torch.utils.data._utils.collate import default_collate
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.hypersim import HypersimDataset
+from d3epth.data.sample import FLIP_PAIRS, Sample
 from d3epth.data.sampler import MixedBatchSampler, default_rank_world
 from d3epth.data.teacher_cache import TeacherCache, check_cacheable, teacher_fingerprint
-from d3epth.data.transforms import FLIP_PAIRS, Compose, HorizontalFlip, Sample, Transform
+from d3epth.data.transforms import Compose, HorizontalFlip, Transform
 from d3epth.data.vkitti2 import VirtualKITTI2Dataset
 
 #: Marigold's training mix (``prob_ls: [0.9, 0.1]``), used when ``train_probabilities`` is not given and the
@@ -82,7 +83,7 @@ class AugmentedDataset(Dataset):
     For a :class:`~d3epth.data.base.BaseDepthDataset` the augmentation runs between its geometry and
     ``finalize`` (so a random crop changes the normalisation quantiles, as it should); for any other dataset it runs
     on the finished sample (fine for flips, which do not change the quantiles). The precomputed mirror-image partners
-    of :data:`~d3epth.data.transforms.FLIP_PAIRS` (the teacher cache's ``teacher_latent_flipped``) only serve the flip
+    of :data:`~d3epth.data.sample.FLIP_PAIRS` (the teacher cache's ``teacher_latent_flipped``) only serve the flip
     and are dropped from the returned sample.
 
     Args:

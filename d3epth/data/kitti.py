@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 import torch
 
 from d3epth.data.base import BaseDepthDataset
-from d3epth.data.transforms import Sample, Transform
+from d3epth.data.sample import Sample
+from d3epth.data.transforms import Transform
 
 #: Fractional evaluation crops (rows top, bottom, cols left, right) of the KB-cropped frame (Marigold, BTS).
 EVAL_CROPS: dict[str, tuple[float, float, float, float]] = {

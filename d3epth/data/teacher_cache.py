@@ -30,7 +30,7 @@ far below the student's regression error; ``--dtype float32`` stores the targets
 
 Flip: the teacher is not flip-equivariant, so the target of a mirrored training image is the teacher's output for
 the mirrored image, not the mirror of its output. The cache therefore supplies both (``teacher_latent`` and
-``teacher_latent_flipped``, see :data:`~d3epth.data.transforms.FLIP_PAIRS`), :class:`~d3epth.data.transforms
+``teacher_latent_flipped``, see :data:`~d3epth.data.sample.FLIP_PAIRS`), :class:`~d3epth.data.transforms
 .HorizontalFlip` swaps them when it mirrors the sample, and :class:`~d3epth.data.datamodule.AugmentedDataset` drops
 the unused one afterwards.
 """
@@ -54,7 +54,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from d3epth.data.base import BaseDepthDataset
-from d3epth.data.transforms import FLIP_PAIRS, Compose, HorizontalFlip, RandomCrop, Sample, Transform
+from d3epth.data.sample import FLIP_PAIRS, Sample
+from d3epth.data.transforms import Compose, HorizontalFlip, RandomCrop, Transform
 from d3epth.errors import TeacherCacheError
 
 #: ``format`` value of ``index.json``.

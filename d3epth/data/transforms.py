@@ -1,7 +1,8 @@
 """Joint transforms on sample dicts, and the per-image depth normalisation.
 
-A *sample* is the dict of DESIGN.md §3: ``image`` float32 [3,H,W] in [-1,1], ``depth`` float32 [1,H,W] (metres),
-``valid_mask`` bool [1,H,W], optional ``intrinsics`` float32 [3,3] and further rasters (e.g. ``depth_filled``).
+A *sample* is the dict of :mod:`d3epth.data.sample`: ``image`` float32 [3,H,W] in [-1,1], ``depth`` float32
+[1,H,W] (metres), ``valid_mask`` bool [1,H,W], optional ``intrinsics`` float32 [3,3] and further rasters (e.g.
+``depth_filled``).
 Every geometric transform here moves *all* rasters of the sample together, so image, depth and mask stay aligned,
 and updates ``intrinsics`` to match. A raster is any 3-D tensor whose spatial size equals the image's; a 3-D tensor
 of another size (e.g. a cached latent) cannot be resized or cropped consistently and is refused with an error.
@@ -23,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Sample = dict[str, Any]
+from d3epth.data.sample import FLIP_PAIRS, Sample
+
 Transform = Callable[[Sample], Sample]
 
 #: Interpolation modes accepted for the RGB image (``torch.nn.functional.interpolate`` names).
@@ -31,10 +33,6 @@ IMAGE_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "area", "nearest
 
 #: Quantiles of Marigold's ScaleShiftDepthNormalizer.
 NORM_QUANTILES: tuple[float, float] = (0.02, 0.98)
-
-#: Sample keys with a precomputed counterpart for the mirrored image (``key -> partner``). :class:`HorizontalFlip`
-#: swaps the two instead of mirroring them; the datamodule drops the partner after augmentation.
-FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped"}
 
 
 def _size_of(sample: Sample) -> tuple[int, int]:
