@@ -338,6 +338,24 @@ def test_malformed_vkitti_intrinsics(tmp_path: Path) -> None:
         VirtualKITTI2Dataset(tmp_path / "vk", kb_crop=False)
 
 
+@pytest.mark.parametrize("name", ["eigen", "garg"])
+def test_kitti_eval_crop_is_the_metrics_crop(tmp_path: Path, name: str) -> None:
+    from d3epth.metrics import crop_mask
+
+    write_kitti(tmp_path / "kitti", n=1, size=(37, 53))
+    plain = KITTIDataset(tmp_path / "kitti", kb_crop=False)[0]["valid_mask"][0]
+    cropped = KITTIDataset(tmp_path / "kitti", kb_crop=False, eval_crop=name)[0]["valid_mask"][0]
+    assert torch.equal(cropped, plain & crop_mask(f"kitti_{name}", 37, 53))
+
+
+def test_kb_crop_window() -> None:
+    from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
+
+    assert KB_CROP_SIZE == (352, 1216)
+    assert kb_crop_window(375, 1242) == (23, 13)  # VKITTI 2 / KITTI frames (Marigold kitti_benchmark_crop)
+    assert kb_crop_window(376, 1241) == (24, 12)
+
+
 # ----------------------------------------------------------------------------------------------- sample contract
 
 

@@ -20,11 +20,13 @@ from typing import Any, ClassVar
 import torch
 
 from d3epth.data.base import BaseDepthDataset, read_uint16_png
+from d3epth.data.crops import CROPS
 from d3epth.data.sample import Sample
 from d3epth.data.transforms import Transform
 
-#: Eigen et al. crop of a 480x640 NYU frame: rows 45:471, columns 41:601 (Marigold ``eigen_valid_mask``).
-EIGEN_CROP_480x640: tuple[int, int, int, int] = (45, 471, 41, 601)
+#: Eigen et al. crop of a 480x640 NYU frame: rows 45:471, columns 41:601 (Marigold ``eigen_valid_mask``; defined in
+#: :mod:`d3epth.data.crops`).
+EIGEN_CROP_480x640: tuple[int, int, int, int] = CROPS["nyu_eigen"].bounds(480, 640)
 
 
 class NYUv2Dataset(BaseDepthDataset):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
 from d3epth.data.sample import FLIP_PAIRS, Sample
 
 Transform = Callable[[Sample], Sample]
@@ -253,13 +254,14 @@ class RandomCrop:
 class KBCrop:
     """KITTI benchmark crop (Marigold ``kitti_benchmark_crop``): keep the bottom ``height`` rows, centre horizontally.
 
-    ``top = H - height``, ``left = (W - width) // 2``; for a 375x1242 frame that is top 23, left 13.
+    The window is :func:`~d3epth.data.crops.kb_crop_window`: ``top = H - height``, ``left = (W - width) // 2``; for a
+    375x1242 frame that is top 23, left 13.
 
     Args:
         height, width: crop size; 352x1216 is the KITTI benchmark size.
     """
 
-    def __init__(self, height: int = 352, width: int = 1216) -> None:
+    def __init__(self, height: int = KB_CROP_SIZE[0], width: int = KB_CROP_SIZE[1]) -> None:
         self.height, self.width = _check_size([height, width], "KBCrop size")
 
     def __call__(self, sample: Sample) -> Sample:
@@ -271,7 +273,8 @@ class KBCrop:
                 f"{where}image is {img_h}x{img_w}, smaller than the KB crop {self.height}x{self.width}; "
                 "set kb_crop: false for frames smaller than the KITTI benchmark size"
             )
-        return crop_sample(sample, img_h - self.height, (img_w - self.width) // 2, self.height, self.width)
+        top, left = kb_crop_window(img_h, img_w, self.height, self.width)
+        return crop_sample(sample, top, left, self.height, self.width)
 
     def __repr__(self) -> str:
         return f"KBCrop(height={self.height}, width={self.width})"
