@@ -194,8 +194,36 @@ def test_nyu_eigen_crop_mask(tmp_path: Path) -> None:
     plain = NYUv2Dataset(tmp_path / "nyu")[0]["valid_mask"][0]
     cropped = NYUv2Dataset(tmp_path / "nyu", eigen_crop=True)[0]["valid_mask"][0]
     inside = torch.zeros_like(plain)
-    inside[round(45 / 10) : round(471 / 10), round(41 / 10) : round(601 / 10)] = True  # 480x640 crop at 1/10 scale
+    inside[5:47, 4:60] = True  # 480x640 crop at 1/10 scale, half up: 4.5 -> 5, 47.1 -> 47, 4.1 -> 4, 60.1 -> 60
     assert torch.equal(cropped, plain & inside)
+
+
+@pytest.mark.parametrize(
+    ("size", "bounds"),
+    [
+        ((480, 640), (45, 471, 41, 601)),  # Marigold's fixed eval_mask[45:471, 41:601]
+        ((240, 320), (23, 236, 21, 301)),  # all ties: 22.5, 235.5, 20.5, 300.5 (Python round: 22, 236, 20, 300)
+        ((720, 960), (68, 707, 62, 902)),  # ties 67.5, 706.5, 61.5, 901.5 (Python round gives 706 for the bottom)
+        ((193, 257), (18, 189, 16, 241)),  # odd size, no ties: 18.09, 189.38, 16.46, 241.34
+    ],
+)
+def test_nyu_eigen_crop_reader_and_metrics_agree(
+    tmp_path: Path, size: tuple[int, int], bounds: tuple[int, int, int, int]
+) -> None:
+    from d3epth.data.crops import CROPS
+    from d3epth.metrics import BENCHMARKS, crop_mask
+
+    assert CROPS["nyu_eigen"].bounds(*size) == bounds
+    assert BENCHMARKS["nyu"].crop.bounds(*size) == bounds
+    write_nyu(tmp_path / "nyu", n=1, size=size)
+    plain = NYUv2Dataset(tmp_path / "nyu")[0]["valid_mask"][0]
+    cropped = NYUv2Dataset(tmp_path / "nyu", eigen_crop=True)[0]["valid_mask"][0]
+    metric = crop_mask("nyu_eigen", *size)
+    assert torch.equal(cropped, plain & metric)
+    top, bottom, left, right = bounds
+    assert cropped[:top].sum() == cropped[bottom:].sum() == cropped[:, :left].sum() == cropped[:, right:].sum() == 0
+    # The rows and columns just outside the crop hold valid ground truth, so a one-pixel disagreement would show.
+    assert plain[top - 1].any() and plain[bottom].any() and plain[:, left - 1].any() and plain[:, right].any()
 
 
 # ----------------------------------------------------------------------------------------------- KITTI

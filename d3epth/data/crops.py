@@ -70,7 +70,18 @@ class EvalCrop:
         reference_size: ``None`` when the four bounds are fractions of height/width; they are then turned into pixels
             with ``int(fraction * size)`` (truncation), as BTS and Marigold do for the KITTI crops. Otherwise the
             ``(height, width)`` at which the bounds are pixel indices (NYU: 480x640); for another image size the
-            bounds are scaled proportionally and rounded half up to the nearest pixel.
+            bounds are scaled proportionally and rounded half up to the nearest pixel (see below).
+
+    Rounding of a pixel-index crop at another size. Marigold hard-codes the NYU mask as the slice ``[45:471, 41:601]``
+    (``src/dataset/nyu_dataset.py``, ``NYUDataset._get_valid_mask``) and scores predictions against the ground truth
+    at its native 480x640 (``script/depth/eval.py``), so it defines the crop at no other size; at the reference size
+    the bounds here are exactly those indices. Elsewhere each bound ``b`` becomes ``floor(b * size / ref + 0.5)``:
+    round to the nearest pixel, ties up. Python's ``round`` (ties to even) would decide ties by the parity of the
+    integer part, and ties are what every exact half-scale produces: at 240x320, 45/2 = 22.5 -> 22 but
+    471/2 = 235.5 -> 236, so one edge rounds down and the other up for no geometric reason. Truncation (as the KITTI
+    fractions use) would shift every crop towards the top-left by up to a pixel. Half up is one rule at every edge
+    and size, and it is what the metrics have always used, so no reported number changes: NYU at 240x320 is rows
+    23:236, columns 21:301, for the dataset readers and the metrics alike.
     """
 
     name: str
