@@ -68,6 +68,30 @@ class LatentDistillationTask(DepthTask):
         self.hparams["student"] = student  # the arguments actually used, so the checkpoint rebuilds this student
         self.student = DepthStudent(**student)
 
+    def setup(self, stage: str) -> None:
+        """Build the evaluators; for ``fit`` with the datamodule's teacher cache, check it was made by this teacher.
+
+        Raises:
+            TeacherCacheError: the cache was computed with a teacher of another weight fingerprint.
+        """
+        import warnings
+
+        from d3epth.data.teacher_cache import teacher_fingerprint
+
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        cache = getattr(datamodule, "teacher_cache", None)
+        if stage != "fit" or cache is None or getattr(self, "_teacher_cache_checked", None) is cache:
+            return
+        cache.check_teacher(teacher_fingerprint(self.teacher), self.hparams.get("teacher"))
+        self._teacher_cache_checked = cache
+        if self.feature_blocks:
+            warnings.warn(
+                f"teacher_cache {cache.root}: the task distils UNet features "
+                f"({self.feature_blocks}), so it runs the teacher every step anyway and ignores the cached latents",
+                stacklevel=2,
+            )
+
     # ------------------------------------------------------------------------------------------------------ teacher
     @torch.no_grad()
     def teacher_targets(self, image: Tensor) -> tuple[Tensor, list[Tensor]]:
