@@ -93,7 +93,7 @@ def read_uint16_png(path: Path) -> np.ndarray:
 
 
 class BaseDepthDataset(Dataset):
-    """One split of a depth dataset read from a split list; returns DESIGN.md §3 sample dicts.
+    """One split of a depth dataset read from a split list; returns the sample dicts of :mod:`d3epth.data.sample`.
 
     Subclasses set the class attributes and override the hooks (``_default_split_file``, ``_data_dir``,
     ``_parse_line``, ``_extra_invalid``, ``_intrinsics``, ``_eval_mask``).

@@ -102,7 +102,7 @@ class PinholeCamera:
         """Unit ray directions in the camera frame, row-major over pixels.
 
         Returns:
-            float64 [3, H*W]; the z component is cos(angle to the optical axis), i.e. depth / distance.
+            float64 [3,H*W]; the z component is cos(angle to the optical axis), i.e. depth / distance.
         """
         x = (np.arange(self.width) - self.cx) / self.fx
         y = (np.arange(self.height) - self.cy) / self.fy
@@ -141,7 +141,7 @@ class CameraPose:
     pitch: float = 0.0
 
     def rotation(self) -> np.ndarray:
-        """Camera-to-world rotation, float64 [3, 3]; columns are the camera's right, down and forward axes."""
+        """Camera-to-world rotation, float64 [3,3]; columns are the camera's right, down and forward axes."""
         cy, sy, cp, sp = math.cos(self.yaw), math.sin(self.yaw), math.cos(self.pitch), math.sin(self.pitch)
         forward = np.array([-sy * cp, cy * cp, sp])
         right = np.array([cy, sy, 0.0])
@@ -180,7 +180,7 @@ class Material:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot product of [3, N] (or [3, 1]) arrays → [N]; cheaper than ``(a * b).sum(axis=0)``."""
+    """Row-wise dot product of [3,N] (or [3,1]) arrays → [N]; cheaper than ``(a * b).sum(axis=0)``."""
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
@@ -201,11 +201,11 @@ class Primitive:
         raise NotImplementedError
 
     def normal(self, p: np.ndarray) -> np.ndarray:
-        """Geometric unit normal [3, N] at surface points p [3, N] (orientation is fixed later, towards the ray)."""
+        """Geometric unit normal [3,N] at surface points p [3,N] (orientation is fixed later, towards the ray)."""
         raise NotImplementedError
 
     def surface_uv(self, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Texture coordinates (metres) at points p [3, N] with normals n [3, N]."""
+        """Texture coordinates (metres) at points p [3,N] with normals n [3,N]."""
         raise NotImplementedError
 
 

@@ -53,7 +53,7 @@ def _noise(u: np.ndarray, v: np.ndarray, scale: float, seed: int) -> np.ndarray:
 
 
 def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Linear blend of two colours: a [3] or [3,N], b likewise, t [N] in [0, 1] → [3, N]."""
+    """Linear blend of two colours: a [3] or [3,N], b likewise, t [N] in [0, 1] → [3,N]."""
     return a.reshape(3, -1) * (1.0 - t) + b.reshape(3, -1) * t
 
 
@@ -112,13 +112,13 @@ class RenderedFrame:
     """One rendered view.
 
     Attributes:
-        rgb: uint8 [H, W, 3], display image (exposure + soft clip + gamma 2.2; not Hypersim's tone map).
-        radiance: float32 [H, W, 3], linear HDR radiance (not tone mapped); 0 where nothing is hit indoors.
-        distance: float64 [H, W], ray distance from the optical centre in metres; ``inf`` where nothing is hit.
-        depth: float64 [H, W], planar depth (z in the camera frame) in metres; ``inf`` where nothing is hit.
-        entity_id: int32 [H, W], id of the visible primitive; -1 where nothing is hit.
+        rgb: uint8 [H,W,3], display image (exposure + soft clip + gamma 2.2; not Hypersim's tone map).
+        radiance: float32 [H,W,3], linear HDR radiance (not tone mapped); 0 where nothing is hit indoors.
+        distance: float64 [H,W], ray distance from the optical centre in metres; ``inf`` where nothing is hit.
+        depth: float64 [H,W], planar depth (z in the camera frame) in metres; ``inf`` where nothing is hit.
+        entity_id: int32 [H,W], id of the visible primitive; -1 where nothing is hit.
         camera: The intrinsics used.
-        points: float64 [3, H*W] world hit points (NaN where nothing is hit), for sensor simulation.
+        points: float64 [3,H*W] world hit points (NaN where nothing is hit), for sensor simulation.
     """
 
     rgb: np.ndarray

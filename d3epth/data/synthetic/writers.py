@@ -75,7 +75,7 @@ def _check_size(name: str, width: int, height: int) -> None:
 
 
 def _save_png16(path: Path, arr: np.ndarray) -> None:
-    """Save a uint16 [H, W] array as a 16-bit greyscale PNG."""
+    """Save a uint16 [H,W] array as a 16-bit greyscale PNG."""
     Image.fromarray(np.ascontiguousarray(arr, dtype=np.uint16)).save(path)
 
 
@@ -378,7 +378,7 @@ def lidar_mask(frame: RenderedFrame, pose: CameraPose, rng: np.random.Generator,
         keep: Fraction of in-beam pixels kept (KITTI's ground truth is sparse even after accumulation).
 
     Returns:
-        bool [H, W], True where a depth value is recorded.
+        bool [H,W], True where a depth value is recorded.
     """
     h, w = frame.depth.shape
     p = frame.points

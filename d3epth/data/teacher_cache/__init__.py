@@ -9,7 +9,7 @@ Layout of a cache directory::
 
     DIR/index.json                        # what was cached, by whom, and where each sample's latents are
     DIR/<set name>/shard_00000.safetensors  # up to --shard-size samples; for sample path P the tensors
-                                          #   "P#latent" and "P#latent_flipped", each [C, ceil(H/f), ceil(W/f)]
+                                          #   "P#latent" and "P#latent_flipped", each [C,ceil(H/f),ceil(W/f)]
 
 ``index.json``::
 

@@ -71,10 +71,10 @@ def teacher_latents(teacher: Any, images: Tensor) -> Tensor:
 
     Args:
         teacher: a frozen :class:`~d3epth.models.teacher.DiffusionDepthTeacher`.
-        images: ``[B, 3, H, W]`` in [-1, 1].
+        images: ``[B,3,H,W]`` in [-1, 1].
 
     Returns:
-        float32 ``[B, 4, ceil(H/f), ceil(W/f)]``.
+        float32 ``[B,4,ceil(H/f),ceil(W/f)]``.
     """
     return teacher.one_step_latent_for_images(images).float()
 
@@ -171,8 +171,8 @@ class TeacherCacheWriter:
             set_name: a set registered with :meth:`begin_set`.
             paths: sample paths.
             sizes: ``(H, W)`` of each sample's image.
-            latents: target of each image, ``[C, h, w]``.
-            flipped: target of each mirrored image, ``[C, h, w]``.
+            latents: target of each image, ``[C,h,w]``.
+            flipped: target of each mirrored image, ``[C,h,w]``.
 
         Returns:
             The shard file.

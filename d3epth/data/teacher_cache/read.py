@@ -188,7 +188,7 @@ class TeacherCache:
             image_size: ``(H, W)`` of the sample's image as the dataset returns it now, checked against the cache.
 
         Returns:
-            Two float32 tensors ``[C, ceil(H/f), ceil(W/f)]``: ``latent``, ``latent_flipped``.
+            Two float32 tensors ``[C,ceil(H/f),ceil(W/f)]``: ``latent``, ``latent_flipped``.
 
         Raises:
             TeacherCacheError: no entry for the sample, or it was cached at another image size.
