@@ -5,6 +5,11 @@ latent (exactly :meth:`~d3epth.tasks.stage1.LatentDistillationTask.teacher_targe
 a multiple of the VAE factor, encoded, one UNet step at t = 999) for the image *and for its horizontal mirror*, and
 writes them here. ``DepthDataModule(teacher_cache=DIR)`` then serves them as the sample key ``teacher_latent``.
 
+By concern: :mod:`~d3epth.data.teacher_cache.build` (the writer and :func:`fill_cache`, the tool's loop),
+:mod:`~d3epth.data.teacher_cache.read` (:class:`TeacherCache`, :class:`TeacherCacheLookup`) and
+:mod:`~d3epth.data.teacher_cache.fingerprint` (:func:`teacher_fingerprint`, :func:`dataset_signature`,
+:func:`check_cacheable`).
+
 Layout of a cache directory::
 
     DIR/index.json                        # what was cached, by whom, and where each sample's latents are
