@@ -194,8 +194,36 @@ def test_nyu_eigen_crop_mask(tmp_path: Path) -> None:
     plain = NYUv2Dataset(tmp_path / "nyu")[0]["valid_mask"][0]
     cropped = NYUv2Dataset(tmp_path / "nyu", eigen_crop=True)[0]["valid_mask"][0]
     inside = torch.zeros_like(plain)
-    inside[round(45 / 10) : round(471 / 10), round(41 / 10) : round(601 / 10)] = True  # 480x640 crop at 1/10 scale
+    inside[5:47, 4:60] = True  # 480x640 crop at 1/10 scale, half up: 4.5 -> 5, 47.1 -> 47, 4.1 -> 4, 60.1 -> 60
     assert torch.equal(cropped, plain & inside)
+
+
+@pytest.mark.parametrize(
+    ("size", "bounds"),
+    [
+        ((480, 640), (45, 471, 41, 601)),  # Marigold's fixed eval_mask[45:471, 41:601]
+        ((240, 320), (23, 236, 21, 301)),  # all ties: 22.5, 235.5, 20.5, 300.5 (Python round: 22, 236, 20, 300)
+        ((720, 960), (68, 707, 62, 902)),  # ties 67.5, 706.5, 61.5, 901.5 (Python round gives 706 for the bottom)
+        ((193, 257), (18, 189, 16, 241)),  # odd size, no ties: 18.09, 189.38, 16.46, 241.34
+    ],
+)
+def test_nyu_eigen_crop_reader_and_metrics_agree(
+    tmp_path: Path, size: tuple[int, int], bounds: tuple[int, int, int, int]
+) -> None:
+    from d3epth.data.crops import CROPS
+    from d3epth.metrics import BENCHMARKS, crop_mask
+
+    assert CROPS["nyu_eigen"].bounds(*size) == bounds
+    assert BENCHMARKS["nyu"].crop.bounds(*size) == bounds
+    write_nyu(tmp_path / "nyu", n=1, size=size)
+    plain = NYUv2Dataset(tmp_path / "nyu")[0]["valid_mask"][0]
+    cropped = NYUv2Dataset(tmp_path / "nyu", eigen_crop=True)[0]["valid_mask"][0]
+    metric = crop_mask("nyu_eigen", *size)
+    assert torch.equal(cropped, plain & metric)
+    top, bottom, left, right = bounds
+    assert cropped[:top].sum() == cropped[bottom:].sum() == cropped[:, :left].sum() == cropped[:, right:].sum() == 0
+    # The rows and columns just outside the crop hold valid ground truth, so a one-pixel disagreement would show.
+    assert plain[top - 1].any() and plain[bottom].any() and plain[:, left - 1].any() and plain[:, right].any()
 
 
 # ----------------------------------------------------------------------------------------------- KITTI
@@ -336,3 +364,55 @@ def test_malformed_vkitti_intrinsics(tmp_path: Path) -> None:
     k.write_text(k.read_text() + "3 0 725.0 oops 620.5 187\n")
     with pytest.raises(ValueError, match=rf"{k}:\d+: expected 'frame cameraID K\[0,0\]"):
         VirtualKITTI2Dataset(tmp_path / "vk", kb_crop=False)
+
+
+@pytest.mark.parametrize("name", ["eigen", "garg"])
+def test_kitti_eval_crop_is_the_metrics_crop(tmp_path: Path, name: str) -> None:
+    from d3epth.metrics import crop_mask
+
+    write_kitti(tmp_path / "kitti", n=1, size=(37, 53))
+    plain = KITTIDataset(tmp_path / "kitti", kb_crop=False)[0]["valid_mask"][0]
+    cropped = KITTIDataset(tmp_path / "kitti", kb_crop=False, eval_crop=name)[0]["valid_mask"][0]
+    assert torch.equal(cropped, plain & crop_mask(f"kitti_{name}", 37, 53))
+
+
+def test_kb_crop_window() -> None:
+    from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
+
+    assert KB_CROP_SIZE == (352, 1216)
+    assert kb_crop_window(375, 1242) == (23, 13)  # VKITTI 2 / KITTI frames (Marigold kitti_benchmark_crop)
+    assert kb_crop_window(376, 1241) == (24, 12)
+
+
+# ----------------------------------------------------------------------------------------------- sample contract
+
+
+def test_every_reader_returns_the_sample_contract(tmp_path: Path) -> None:
+    from d3epth.data.sample import OPTIONAL_KEYS, REQUIRED_KEYS
+
+    write_hypersim(tmp_path / "hs", {"train": 1})
+    write_vkitti2(tmp_path / "vk", "train", size=(24, 40))
+    write_nyu(tmp_path / "nyu", n=1)
+    write_kitti(tmp_path / "kitti", n=1)
+    samples = [
+        HypersimDataset(tmp_path / "hs")[0],
+        VirtualKITTI2Dataset(tmp_path / "vk", kb_crop=False)[0],
+        NYUv2Dataset(tmp_path / "nyu")[0],
+        KITTIDataset(tmp_path / "kitti", kb_crop=False)[0],
+    ]
+    for s in samples:
+        assert set(REQUIRED_KEYS) <= set(s), s["path"]
+        height, width = s["image"].shape[-2:]
+        shapes = {"[3,H,W]": (3, height, width), "[1,H,W]": (1, height, width), "[3,3]": (3, 3)}
+        for key, spec in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
+            if key not in s:
+                continue
+            if spec.dtype is None:
+                assert isinstance(s[key], str), key
+            else:
+                assert s[key].dtype == spec.dtype, key
+                if spec.shape in shapes:
+                    assert tuple(s[key].shape) == shapes[spec.shape], key
+        assert s["image"].min() >= -1 and s["image"].max() <= 1
+        assert s["depth_norm"].min() >= -1 and s["depth_norm"].max() <= 1
+        assert not s["depth"][~s["valid_mask"]].any()

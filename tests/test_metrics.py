@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import d3epth.metrics.depth as depth_module
+from d3epth.data.crops import EvalCrop
 from d3epth.metrics import (
     BENCHMARKS,
     METRIC_NAMES,
@@ -36,7 +37,6 @@ from d3epth.metrics import (
     fit_scale_shift,
     get_benchmark,
 )
-from d3epth.metrics.benchmarks import EvalCrop
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Independent numpy reference (Marigold eval.py + metric.py semantics, one image at a time)
@@ -383,6 +383,18 @@ def test_crop_bounds() -> None:
     assert crop_mask(None, 4, 4) is None and crop_mask("none", 4, 4) is None
     with pytest.raises(ValueError, match="Unknown crop"):
         crop_mask("eigen", 4, 4)
+
+
+def test_metrics_use_the_data_crops() -> None:
+    from d3epth import metrics
+    from d3epth.data import crops
+
+    # One definition: the metrics re-export the crops the dataset readers use.
+    assert metrics.CROPS is crops.CROPS and metrics.EvalCrop is crops.EvalCrop
+    assert metrics.crop_mask is crops.crop_mask and metrics.get_crop is crops.get_crop
+    assert BENCHMARKS["nyu"].crop is crops.CROPS["nyu_eigen"]
+    assert BENCHMARKS["kitti_eigen"].crop is crops.CROPS["kitti_eigen"]
+    assert BENCHMARKS["kitti_garg"].crop is crops.CROPS["kitti_garg"]
 
 
 def test_metric_scores_only_pixels_inside_the_crop() -> None:

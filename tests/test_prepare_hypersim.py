@@ -1,4 +1,4 @@
-"""Tests of d3epth.data.hypersim_prepare and tools/prepare_hypersim.py: conversions against hand-worked values, the
+"""Tests of d3epth.data.prepare.hypersim and tools/prepare_hypersim.py: conversions against hand-worked values, the
 render → raw → PNG round trip, Marigold's filter, resumability and error reporting."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from d3epth.data import hypersim_prepare as ph
 from d3epth.data import synthetic as S
+from d3epth.data.prepare import hypersim as ph
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # tools/ is a folder of scripts, importable from the repository root

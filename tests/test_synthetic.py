@@ -1,4 +1,4 @@
-"""Tests of the procedural renderer and the sample-data writers (d3epth/data/synthetic.py, tools/make_sample_data.py).
+"""Tests of the procedural renderer and the sample-data writers (d3epth/data/synthetic/, tools/make_sample_data.py).
 
 Geometry is checked against hand-built scenes with known answers; the writers are checked by reading their files
 back (directly, and through the dataset readers of d3epth.data).
@@ -354,7 +354,7 @@ def test_make_sample_data_main(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_thousand_low_res_hypersim_frames_within_a_minute(tmp_path: Path) -> None:
-    """The brief's budget: ~1,000 128x96 Hypersim training frames in at most a minute on 2 cores."""
+    """The sample-data budget: ~1,000 128x96 Hypersim training frames in at most a minute on 2 cores."""
     start = time.perf_counter()
     S.write_hypersim_raw(
         tmp_path,

@@ -15,7 +15,6 @@ from tool_loader import load_tool
 
 from d3epth.data import DepthDataModule, HorizontalFlip, HypersimDataset, RandomCrop, VirtualKITTI2Dataset
 from d3epth.data.teacher_cache import TeacherCache, TeacherCacheError, teacher_fingerprint
-from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.tasks import LatentDistillationTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,16 +213,33 @@ def test_stage1_step_with_cache_equals_step_without(
     assert results[0] > 0 and results[1] == pytest.approx(results[0], rel=1e-5)
 
 
-def test_cache_for_another_teacher_refused_at_fit(roots: dict[str, Path], cache32: Path) -> None:
+def test_cache_for_another_teacher_refused_at_fit(roots: dict[str, Path], cache32: Path, task) -> None:
     dm = make_dm(roots, cache32)
-    same = DiffusionDepthTeacher.from_config(seed=0)
-    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(teacher=same, hparams={"teacher": TEACHER}))
-    dm.setup("fit")  # the cache's teacher: accepted
-    dm = make_dm(roots, cache32)
-    other = DiffusionDepthTeacher.from_config(seed=1)
-    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(teacher=other, hparams={"teacher": {"seed": 1}}))
+    assert isinstance(dm.teacher_cache, TeacherCache)
+    dm.setup("fit")  # the datamodule checks nothing about the task: that is the task's setup
+    task.trainer = SimpleNamespace(datamodule=dm)
+    task.setup("fit")  # the cache's teacher: accepted
+    other = LatentDistillationTask(student=STUDENT, teacher={"config": {"seed": 1}})
+    other.trainer = SimpleNamespace(datamodule=dm)
+    other.setup("validate")  # only fit consumes the cached targets
     with pytest.raises(TeacherCacheError, match=r"index\.json was computed with teacher .*'seed': 0.*fingerprint"):
-        dm.setup("fit")
+        other.setup("fit")
+    task.trainer = None
+
+
+def test_feature_distillation_warns_that_the_cache_is_ignored(roots: dict[str, Path], cache32: Path) -> None:
+    features = LatentDistillationTask(student=STUDENT, teacher=TEACHER, feature_blocks=["mid_block"])
+    features.trainer = SimpleNamespace(datamodule=make_dm(roots, cache32))
+    with pytest.warns(UserWarning, match=r"distils UNet features \(\['mid_block'\]\).*ignores the cached latents"):
+        features.setup("fit")
+
+
+def test_stage1_without_cache_checks_nothing(roots: dict[str, Path], task) -> None:
+    dm = make_dm(roots, None)
+    assert dm.teacher_cache is None
+    task.trainer = SimpleNamespace(datamodule=dm)
+    task.setup("fit")
+    task.trainer = None
 
 
 # ----------------------------------------------------------------------------------------------------- resuming
@@ -243,15 +259,15 @@ def test_interrupted_run_resumes_where_it_stopped(
         calls["shards"] += 1
         return write_shard(self, *args, **kwargs)
 
-    from d3epth.data import teacher_cache
+    from d3epth.data.teacher_cache import build
 
-    compute = teacher_cache.teacher_latents
+    compute = build.teacher_latents
 
     def counting(teacher, images: torch.Tensor) -> torch.Tensor:
         calls["samples"] += images.shape[0] // 2  # each sample runs as image + mirror
         return compute(teacher, images)
 
-    monkeypatch.setattr(teacher_cache, "teacher_latents", counting)
+    monkeypatch.setattr(build, "teacher_latents", counting)
     out = tmp_path / "cache"
     args = ("--dtype", "float32", "--batch-size", "2", "--shard-size", "2")
     with monkeypatch.context() as patch:

@@ -1,13 +1,42 @@
-"""Depth datasets in their real on-disk layouts, joint transforms, the mixed batch sampler and the datamodule."""
+"""Depth datasets in their real on-disk layouts, joint transforms, the mixed batch sampler and the datamodule.
 
-from d3epth.data.base import BaseDepthDataset
-from d3epth.data.datamodule import AugmentedDataset, DepthDataModule, collate_samples
-from d3epth.data.hypersim import HypersimDataset
-from d3epth.data.kitti import KITTIDataset
-from d3epth.data.nyu import NYUv2Dataset
-from d3epth.data.sampler import MixedBatchSampler
-from d3epth.data.transforms import Compose, HorizontalFlip, KBCrop, RandomCrop, Resize, normalize_depth
-from d3epth.data.vkitti2 import VirtualKITTI2Dataset
+The names below load on first use (PEP 562), so importing one submodule (e.g. :mod:`d3epth.data.crops` from the
+metrics, or :mod:`d3epth.data.synthetic`) does not import the datamodule and with it Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from d3epth.data.base import BaseDepthDataset
+    from d3epth.data.datamodule import AugmentedDataset, DepthDataModule, collate_samples
+    from d3epth.data.hypersim import HypersimDataset
+    from d3epth.data.kitti import KITTIDataset
+    from d3epth.data.nyu import NYUv2Dataset
+    from d3epth.data.sampler import MixedBatchSampler
+    from d3epth.data.transforms import Compose, HorizontalFlip, KBCrop, RandomCrop, Resize, normalize_depth
+    from d3epth.data.vkitti2 import VirtualKITTI2Dataset
+
+#: Public name -> the submodule defining it.
+_EXPORTS: dict[str, str] = {
+    "AugmentedDataset": "datamodule",
+    "BaseDepthDataset": "base",
+    "Compose": "transforms",
+    "DepthDataModule": "datamodule",
+    "HorizontalFlip": "transforms",
+    "HypersimDataset": "hypersim",
+    "KBCrop": "transforms",
+    "KITTIDataset": "kitti",
+    "MixedBatchSampler": "sampler",
+    "NYUv2Dataset": "nyu",
+    "RandomCrop": "transforms",
+    "Resize": "transforms",
+    "VirtualKITTI2Dataset": "vkitti2",
+    "collate_samples": "datamodule",
+    "normalize_depth": "transforms",
+}
 
 __all__ = [
     "AugmentedDataset",
@@ -26,3 +55,17 @@ __all__ = [
     "collate_samples",
     "normalize_depth",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule that defines ``name`` on first access (PEP 562)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'd3epth.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"d3epth.data.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

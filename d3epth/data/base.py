@@ -34,7 +34,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from d3epth.data.transforms import Compose, KBCrop, Resize, Sample, Transform, normalize_depth
+from d3epth.data.sample import Sample
+from d3epth.data.transforms import Compose, KBCrop, Resize, Transform, normalize_depth
 
 #: PIL modes of a 16-bit single-channel PNG ("I" is what older Pillow versions report).
 UINT16_MODES: frozenset[str] = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -92,7 +93,7 @@ def read_uint16_png(path: Path) -> np.ndarray:
 
 
 class BaseDepthDataset(Dataset):
-    """One split of a depth dataset read from a split list; returns DESIGN.md §3 sample dicts.
+    """One split of a depth dataset read from a split list; returns the sample dicts of :mod:`d3epth.data.sample`.
 
     Subclasses set the class attributes and override the hooks (``_default_split_file``, ``_data_dir``,
     ``_parse_line``, ``_extra_invalid``, ``_intrinsics``, ``_eval_mask``).

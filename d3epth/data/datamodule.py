@@ -35,21 +35,20 @@ or ``self.log(..., on_step=False)``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.hypersim import HypersimDataset
+from d3epth.data.sample import FLIP_PAIRS, Sample
 from d3epth.data.sampler import MixedBatchSampler, default_rank_world
-from d3epth.data.teacher_cache import TeacherCache, check_cacheable, teacher_fingerprint
-from d3epth.data.transforms import FLIP_PAIRS, Compose, HorizontalFlip, Sample, Transform
+from d3epth.data.teacher_cache import TeacherCache, check_cacheable
+from d3epth.data.transforms import Compose, HorizontalFlip, Transform
 from d3epth.data.vkitti2 import VirtualKITTI2Dataset
 
 #: Marigold's training mix (``prob_ls: [0.9, 0.1]``), used when ``train_probabilities`` is not given and the
@@ -82,7 +81,7 @@ class AugmentedDataset(Dataset):
     For a :class:`~d3epth.data.base.BaseDepthDataset` the augmentation runs between its geometry and
     ``finalize`` (so a random crop changes the normalisation quantiles, as it should); for any other dataset it runs
     on the finished sample (fine for flips, which do not change the quantiles). The precomputed mirror-image partners
-    of :data:`~d3epth.data.transforms.FLIP_PAIRS` (the teacher cache's ``teacher_latent_flipped``) only serve the flip
+    of :data:`~d3epth.data.sample.FLIP_PAIRS` (the teacher cache's ``teacher_latent_flipped``) only serve the flip
     and are dropped from the returned sample.
 
     Args:
@@ -161,7 +160,10 @@ class DepthDataModule(L.LightningDataModule):
         teacher_cache: directory written by ``tools/cache_teacher.py``: training samples then carry the cached stage-1
             target ``teacher_latent`` (of the flipped image when flipped), and stage 1 does not run the teacher on
             them. Every training set must be cached, configured as when cached, and without ``train_transforms``;
-            at ``fit`` the task's teacher must have the cache's weight fingerprint.
+            the task that consumes the targets checks the teacher against the cache (stage 1 at ``fit``).
+
+    Attributes:
+        teacher_cache: the opened :class:`~d3epth.data.teacher_cache.TeacherCache`, or ``None``; read-only.
     """
 
     def __init__(
@@ -206,13 +208,17 @@ class DepthDataModule(L.LightningDataModule):
         augments: list[Transform] = [HorizontalFlip(hflip_p)] if hflip_p > 0 else []
         augments.extend(self.train_transforms)
         self.train_augment: Transform | None = Compose(augments) if augments else None
-        self.teacher_cache: TeacherCache | None = None
+        self._teacher_cache: TeacherCache | None = None
         if teacher_cache is not None:
             check_cacheable(self.train_sets, self.train_transforms)
-            self.teacher_cache = TeacherCache(teacher_cache)
+            self._teacher_cache = TeacherCache(teacher_cache)
             for name, dataset in self.train_sets.items():
-                self.teacher_cache.check_dataset(name, dataset)
-        self._cache_teacher_checked: int | None = None
+                self._teacher_cache.check_dataset(name, dataset)
+
+    @property
+    def teacher_cache(self) -> TeacherCache | None:
+        """The teacher cache serving ``teacher_latent`` to the training samples, or ``None``."""
+        return self._teacher_cache
 
     # ------------------------------------------------------------------ names
 
@@ -308,9 +314,9 @@ class DepthDataModule(L.LightningDataModule):
 
     def _augment_for(self, name: str) -> Transform | None:
         """Training-time transform of set ``name``: cache lookup (before the flip, which swaps), then augmentation."""
-        if self.teacher_cache is None:
+        if self._teacher_cache is None:
             return self.train_augment
-        lookup = self.teacher_cache.lookup(name)
+        lookup = self._teacher_cache.lookup(name)
         return Compose([lookup, self.train_augment]) if self.train_augment is not None else lookup
 
     def train_dataset(self) -> ConcatDataset:
@@ -320,25 +326,6 @@ class DepthDataModule(L.LightningDataModule):
             augment = self._augment_for(name)
             sets.append(AugmentedDataset(dataset, augment) if augment is not None else dataset)
         return ConcatDataset(sets)
-
-    def _check_cache_teacher(self) -> None:
-        """Refuse a teacher cache computed with another teacher than the attached task's (by weight fingerprint)."""
-        trainer = self.trainer
-        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
-        teacher = getattr(module, "teacher", None)
-        if self.teacher_cache is None or not isinstance(teacher, nn.Module):
-            return
-        if self._cache_teacher_checked == id(teacher):
-            return
-        source = getattr(module, "hparams", {}).get("teacher")
-        self.teacher_cache.check_teacher(teacher_fingerprint(teacher), source)
-        self._cache_teacher_checked = id(teacher)
-        if getattr(module, "feature_blocks", None):
-            warnings.warn(
-                f"teacher_cache {self.teacher_cache.root}: the task distils UNet features "
-                f"({module.feature_blocks}), so it runs the teacher every step anyway and ignores the cached latents",
-                stacklevel=2,
-            )
 
     def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
         rank, world = self._rank_world()
@@ -358,11 +345,6 @@ class DepthDataModule(L.LightningDataModule):
         return loaders
 
     # ------------------------------------------------------------------ Lightning hooks
-
-    def setup(self, stage: str) -> None:
-        """For ``fit`` with a teacher cache: check the cache against the task's teacher."""
-        if stage == "fit":
-            self._check_cache_teacher()
 
     def train_dataloader(self) -> DataLoader:
         """One loader over all training sets, batches from :meth:`train_sampler`."""

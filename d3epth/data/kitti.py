@@ -15,16 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from d3epth.data.base import BaseDepthDataset
-from d3epth.data.transforms import Sample, Transform
+from d3epth.data.crops import CROPS, EvalCrop
+from d3epth.data.sample import Sample
+from d3epth.data.transforms import Transform
 
-#: Fractional evaluation crops (rows top, bottom, cols left, right) of the KB-cropped frame (Marigold, BTS).
-EVAL_CROPS: dict[str, tuple[float, float, float, float]] = {
-    "eigen": (0.3324324, 0.91351351, 0.0359477, 0.96405229),
-    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
-}
+#: Evaluation crops of the KB-cropped frame by ``eval_crop`` name (defined in :mod:`d3epth.data.crops`).
+EVAL_CROPS: dict[str, EvalCrop] = {"eigen": CROPS["kitti_eigen"], "garg": CROPS["kitti_garg"]}
 
 #: Default list file per split.
 SPLIT_FILES: dict[str, str] = {
@@ -103,7 +100,5 @@ class KITTIDataset(BaseDepthDataset):
         if self.eval_crop is None:
             return sample
         _, height, width = sample["valid_mask"].shape
-        top, bottom, left, right = EVAL_CROPS[self.eval_crop]
-        crop = torch.zeros_like(sample["valid_mask"])
-        crop[:, int(top * height) : int(bottom * height), int(left * width) : int(right * width)] = True
+        crop = EVAL_CROPS[self.eval_crop].mask(height, width, device=sample["valid_mask"].device)
         return sample | {"valid_mask": sample["valid_mask"] & crop}

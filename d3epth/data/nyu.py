@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from d3epth.data.base import BaseDepthDataset, read_uint16_png
-from d3epth.data.transforms import Sample, Transform
+from d3epth.data.crops import CROPS
+from d3epth.data.sample import Sample
+from d3epth.data.transforms import Transform
 
-#: Eigen et al. crop of a 480x640 NYU frame: rows 45:471, columns 41:601 (Marigold ``eigen_valid_mask``).
-EIGEN_CROP_480x640: tuple[int, int, int, int] = (45, 471, 41, 601)
+#: Eigen et al. crop of a 480x640 NYU frame: rows 45:471, columns 41:601 (Marigold ``eigen_valid_mask``; defined in
+#: :mod:`d3epth.data.crops`).
+EIGEN_CROP_480x640: tuple[int, int, int, int] = CROPS["nyu_eigen"].bounds(480, 640)
 
 
 class NYUv2Dataset(BaseDepthDataset):
@@ -37,7 +38,8 @@ class NYUv2Dataset(BaseDepthDataset):
         resize: ``[height, width]`` or ``None`` (native; evaluation runs at native resolution).
         image_interpolation: RGB resize mode.
         eigen_crop: AND the Eigen crop into ``valid_mask`` (rows 45:471, cols 41:601 of a 480x640 frame; scaled
-            proportionally for other frame sizes). Off by default: ``d3epth.metrics`` applies benchmark crops.
+            and rounded half up for other frame sizes, the same mask as the ``nyu`` metrics, see
+            :class:`~d3epth.data.crops.EvalCrop`). Off by default: ``d3epth.metrics`` applies benchmark crops.
         load_filled: add ``depth_filled`` [1,H,W] (metres, the third column).
         transforms, check, name: see :class:`~d3epth.data.base.BaseDepthDataset`.
     """
@@ -99,11 +101,5 @@ class NYUv2Dataset(BaseDepthDataset):
         if not self.eigen_crop:
             return sample
         _, height, width = sample["valid_mask"].shape
-        top, bottom, left, right = EIGEN_CROP_480x640
-        crop = torch.zeros_like(sample["valid_mask"])
-        crop[
-            :,
-            round(top * height / 480) : round(bottom * height / 480),
-            round(left * width / 640) : round(right * width / 640),
-        ] = True
+        crop = CROPS["nyu_eigen"].mask(height, width, device=sample["valid_mask"].device)
         return sample | {"valid_mask": sample["valid_mask"] & crop}

@@ -1,7 +1,8 @@
 """Joint transforms on sample dicts, and the per-image depth normalisation.
 
-A *sample* is the dict of DESIGN.md §3: ``image`` float32 [3,H,W] in [-1,1], ``depth`` float32 [1,H,W] (metres),
-``valid_mask`` bool [1,H,W], optional ``intrinsics`` float32 [3,3] and further rasters (e.g. ``depth_filled``).
+A *sample* is the dict of :mod:`d3epth.data.sample`: ``image`` float32 [3,H,W] in [-1,1], ``depth`` float32
+[1,H,W] (metres), ``valid_mask`` bool [1,H,W], optional ``intrinsics`` float32 [3,3] and further rasters (e.g.
+``depth_filled``).
 Every geometric transform here moves *all* rasters of the sample together, so image, depth and mask stay aligned,
 and updates ``intrinsics`` to match. A raster is any 3-D tensor whose spatial size equals the image's; a 3-D tensor
 of another size (e.g. a cached latent) cannot be resized or cropped consistently and is refused with an error.
@@ -23,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Sample = dict[str, Any]
+from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
+from d3epth.data.sample import FLIP_PAIRS, Sample
+
 Transform = Callable[[Sample], Sample]
 
 #: Interpolation modes accepted for the RGB image (``torch.nn.functional.interpolate`` names).
@@ -31,10 +34,6 @@ IMAGE_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "area", "nearest
 
 #: Quantiles of Marigold's ScaleShiftDepthNormalizer.
 NORM_QUANTILES: tuple[float, float] = (0.02, 0.98)
-
-#: Sample keys with a precomputed counterpart for the mirrored image (``key -> partner``). :class:`HorizontalFlip`
-#: swaps the two instead of mirroring them; the datamodule drops the partner after augmentation.
-FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped"}
 
 
 def _size_of(sample: Sample) -> tuple[int, int]:
@@ -255,13 +254,14 @@ class RandomCrop:
 class KBCrop:
     """KITTI benchmark crop (Marigold ``kitti_benchmark_crop``): keep the bottom ``height`` rows, centre horizontally.
 
-    ``top = H - height``, ``left = (W - width) // 2``; for a 375x1242 frame that is top 23, left 13.
+    The window is :func:`~d3epth.data.crops.kb_crop_window`: ``top = H - height``, ``left = (W - width) // 2``; for a
+    375x1242 frame that is top 23, left 13.
 
     Args:
         height, width: crop size; 352x1216 is the KITTI benchmark size.
     """
 
-    def __init__(self, height: int = 352, width: int = 1216) -> None:
+    def __init__(self, height: int = KB_CROP_SIZE[0], width: int = KB_CROP_SIZE[1]) -> None:
         self.height, self.width = _check_size([height, width], "KBCrop size")
 
     def __call__(self, sample: Sample) -> Sample:
@@ -273,7 +273,8 @@ class KBCrop:
                 f"{where}image is {img_h}x{img_w}, smaller than the KB crop {self.height}x{self.width}; "
                 "set kb_crop: false for frames smaller than the KITTI benchmark size"
             )
-        return crop_sample(sample, img_h - self.height, (img_w - self.width) // 2, self.height, self.width)
+        top, left = kb_crop_window(img_h, img_w, self.height, self.width)
+        return crop_sample(sample, top, left, self.height, self.width)
 
     def __repr__(self) -> str:
         return f"KBCrop(height={self.height}, width={self.width})"

@@ -13,11 +13,13 @@ to the teacher's own one-step depth in the logged images (RGB | GT | student | e
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from d3epth.data.teacher_cache import teacher_fingerprint
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
 from d3epth.models.depth_model import decode_depth_latent, student_depth
 from d3epth.models.padding import crop_to, pad_to_multiple
@@ -67,6 +69,26 @@ class LatentDistillationTask(DepthTask):
             student["teacher_feature_strides"] = [info[name]["reduction"] for name in self.feature_blocks]
         self.hparams["student"] = student  # the arguments actually used, so the checkpoint rebuilds this student
         self.student = DepthStudent(**student)
+
+    def setup(self, stage: str) -> None:
+        """Build the evaluators; for ``fit`` with the datamodule's teacher cache, check it was made by this teacher.
+
+        Raises:
+            TeacherCacheError: the cache was computed with a teacher of another weight fingerprint.
+        """
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        cache = getattr(datamodule, "teacher_cache", None)
+        if stage != "fit" or cache is None or getattr(self, "_teacher_cache_checked", None) is cache:
+            return
+        cache.check_teacher(teacher_fingerprint(self.teacher), self.hparams.get("teacher"))
+        self._teacher_cache_checked = cache
+        if self.feature_blocks:
+            warnings.warn(
+                f"teacher_cache {cache.root}: the task distils UNet features "
+                f"({self.feature_blocks}), so it runs the teacher every step anyway and ignores the cached latents",
+                stacklevel=2,
+            )
 
     # ------------------------------------------------------------------------------------------------------ teacher
     @torch.no_grad()

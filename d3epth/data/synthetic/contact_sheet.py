@@ -1,10 +1,10 @@
 """A contact sheet of generated sample data: per dataset, RGB next to colourised depth, read back from disk.
 
 ``tools/make_sample_data.py`` writes ``<out>/contact_sheet.png`` with :func:`make_contact_sheet` after generating the
-datasets (:mod:`d3epth.data.synthetic`), so a person can see at a glance that every layout was written and reads back
-(frames are taken from each dataset's split list and decoded with the dataset's depth encoding). Depth is coloured by
-:func:`d3epth.utils.visualize.colorize` (Marigold's "Spectral", near = red, each frame stretched to its own 2–98 %
-range), invalid pixels black.
+datasets (:mod:`d3epth.data.synthetic.writers`), so a person can see at a glance that every layout was written and
+reads back (frames are taken from each dataset's split list and decoded with the dataset's depth encoding). Depth
+is coloured by :func:`d3epth.utils.visualize.colorize` (Marigold's "Spectral", near = red, each frame stretched to
+its own 2–98 % range), invalid pixels black.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from d3epth.data import synthetic
+from d3epth.data.synthetic.writers import iter_split_rows
 
 __all__ = ["DATASETS", "make_contact_sheet"]
 
@@ -24,7 +24,7 @@ DATASETS = ("hypersim", "vkitti2", "nyuv2", "kitti")
 
 
 def _colorize_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` colours of depth ``[H, W]`` (metres) with validity ``[H, W]``, via :func:`colorize`."""
+    """uint8 ``[H,W,3]`` colours of depth ``[H,W]`` (metres) with validity ``[H,W]``, via :func:`colorize`."""
     # Imported here: the visualiser loads diffusers, which the sample-data writers (forked workers) do not need.
     import torch
 
@@ -32,7 +32,7 @@ def _colorize_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     values = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
     mask = torch.from_numpy(np.ascontiguousarray(valid, dtype=bool))[None, None]
-    rgb = colorize(values, mask)[0].permute(1, 2, 0)  # [H, W, 3] in [0, 1], black where invalid
+    rgb = colorize(values, mask)[0].permute(1, 2, 0)  # [H,W,3] in [0, 1], black where invalid
     return (rgb * 255).to(torch.uint8).numpy()  # truncation, as diffusers' colormap(bytes=True)
 
 
@@ -58,25 +58,25 @@ def _samples(out: Path, dataset: str, n: int, tile_height: int) -> list[tuple[np
         if not lst.is_file() or not lst.read_text().strip():
             lst = root / "train" / "filename_list_train.txt"
         if lst.is_file():
-            rows = [(root / "train" / r[0], root / "train" / r[1]) for r in synthetic.iter_split_rows(lst)]
+            rows = [(root / "train" / r[0], root / "train" / r[1]) for r in iter_split_rows(lst)]
         scale, far = 1000.0, None
     elif dataset == "vkitti2":
         root = out / "vkitti2"
         lst = root / "vkitti_train.txt"
         if lst.is_file():
-            rows = [(root / r[0], root / r[1]) for r in synthetic.iter_split_rows(lst)]
+            rows = [(root / r[0], root / r[1]) for r in iter_split_rows(lst)]
         scale, far = 100.0, 655.0
     elif dataset == "nyuv2":
         root = out / "nyuv2"
         lst = root / "filename_list_test.txt"
         if lst.is_file():
-            rows = [(root / r[0], root / r[1]) for r in synthetic.iter_split_rows(lst)]
+            rows = [(root / r[0], root / r[1]) for r in iter_split_rows(lst)]
         scale, far = 1000.0, None
     else:
         root = out / "kitti"
         lst = root / "eigen_test_files_with_gt.txt"
         if lst.is_file():
-            rows = [(root / r[0], root / r[1]) for r in synthetic.iter_split_rows(lst) if r[1] != "None"]
+            rows = [(root / r[0], root / r[1]) for r in iter_split_rows(lst) if r[1] != "None"]
         scale, far = 256.0, None
     # Spread the picks over the list (scenes, variations) rather than consecutive frames of one sequence.
     rows = rows[:: max(1, len(rows) // max(n, 1))][:n]

@@ -10,7 +10,8 @@ writes, per split::
     <output-dir>/<split>/filename_meta_<split>.csv             csv columns + rgb/depth stats + invalid_ratio
     <output-dir>/filename_list_<split>_filtered.txt            Marigold's quality filter
 
-as Marigold's ``script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py`` does (domain brief §1.1-1.2).
+as Marigold's ``script/depth/dataset_preprocess/hypersim/preprocess_hypersim.py`` and ``hypersim_util.py`` do
+(raw layout: Roberts et al., "Hypersim", ICCV 2021, and the ``apple/ml-hypersim`` README).
 Differences, all deliberate: the focal length comes from the actual image width (``(W/2)/tan(30°)``, 886.81 px at
 1024), depths above 65.535 m saturate instead of wrapping around, frames with missing HDF5 files (a known Hypersim
 defect) are reported and skipped instead of stopping the run, and the filtered list is written here too.
@@ -78,11 +79,11 @@ def tone_map(rgb: np.ndarray, entity_id: np.ndarray) -> np.ndarray:
     ``clip(max(scale * rgb, 0) ** (1/2.2), 0, 1)``.
 
     Args:
-        rgb: float [H, W, 3] linear radiance.
-        entity_id: int [H, W]; -1 where no geometry was hit.
+        rgb: float [H,W,3] linear radiance.
+        entity_id: int [H,W]; -1 where no geometry was hit.
 
     Returns:
-        float64 [H, W, 3] in [0, 1].
+        float64 [H,W,3] in [0, 1].
     """
     rgb = np.asarray(rgb, dtype=np.float64)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or entity_id.shape != rgb.shape[:2]:
@@ -112,11 +113,11 @@ def distance_to_depth(distance: np.ndarray, focal: float) -> np.ndarray:
     depth = distance * f / sqrt(x² + y² + f²).
 
     Args:
-        distance: float [H, W], Euclidean distance to the optical centre in metres (NaN allowed).
+        distance: float [H,W], Euclidean distance to the optical centre in metres (NaN allowed).
         focal: Focal length in pixels.
 
     Returns:
-        float64 [H, W] planar depth in metres.
+        float64 [H,W] planar depth in metres.
     """
     distance = np.asarray(distance, dtype=np.float64)
     if distance.ndim != 2:
