@@ -7,7 +7,7 @@ Usage::
 
 The config is the stage-1 run config: its ``data`` node gives the training sets (each sample is taken as its dataset
 returns it, after the dataset's own resize / crop, before augmentation) and ``model.init_args.teacher`` the teacher
-(any :func:`~d3epth.tasks.teacher.load_teacher` source). For each sample the teacher's one-step depth latent is
+(any :func:`~d3epth.models.teacher.load_teacher` source). For each sample the teacher's one-step depth latent is
 computed for the image and for its horizontal mirror (the teacher is not flip-equivariant), in batches, on the GPU
 when there is one. The run is resumable: samples already in the cache are skipped, and an interrupted run loses at
 most one shard. The cache format is described in :mod:`d3epth.data.teacher_cache`; the loop is
