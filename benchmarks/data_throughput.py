@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from d3epth.data import DepthDataModule, HypersimDataset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +44,7 @@ def cpu_name() -> str:
 def write_temporary_set(root: Path, n: int, size: tuple[int, int]) -> Path:
     """Write ``n`` Hypersim-layout training frames of ``size`` under ``root`` with the test fixture writer."""
     sys.path.insert(0, str(REPO / "tests"))
-    from data_fixtures import write_hypersim
+    from data_fixtures import write_hypersim  # tests/ is not a package: importable once on sys.path
 
     write_hypersim(root / "hypersim", {"train": n}, size=size, seed=0)
     return root / "hypersim"
@@ -50,8 +52,6 @@ def write_temporary_set(root: Path, n: int, size: tuple[int, int]) -> Path:
 
 def time_loader(root: Path, workers: int, args: argparse.Namespace) -> tuple[float, float, int]:
     """One pass: (start-up seconds incl. warm-up batches, steady-state samples/s, samples timed)."""
-    from d3epth.data import DepthDataModule, HypersimDataset
-
     dataset = HypersimDataset(root, split=args.split, resize=args.resize, check="none")
     dm = DepthDataModule(
         train={"hypersim": dataset},

@@ -85,31 +85,10 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 def build_sd2_one_step_teacher() -> tuple[nn.Module, nn.Module]:
     """SD2-shaped (Marigold / E2E-FT) UNet with 8 input channels and the SD VAE, random weights, from config."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from d3epth.models.teacher.build import from_sd2_config  # diffusers: imported only when the teacher is measured
 
-    unet = UNet2DConditionModel(
-        sample_size=96,
-        in_channels=8,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=1024,
-        attention_head_dim=(5, 10, 20, 20),
-        use_linear_projection=True,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=768,
-    )
-    return unet, vae
+    teacher = from_sd2_config()
+    return teacher.unet, teacher.vae
 
 
 def teacher_step(

@@ -42,18 +42,15 @@ from typing import Any
 
 import torch
 
+from d3epth.cli.common import parser_from_docstring
+
 REPO = Path(__file__).resolve().parents[1]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["latent"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/teacher_cache_speed.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = parser_from_docstring("benchmarks/teacher_cache_speed.py", __doc__)
     parser.add_argument("--teacher", default='{"config": {"seed": 0}}', help="teacher: a path or a JSON object")
     parser.add_argument(
         "--student", default=json.dumps(STUDENT), help="DepthStudent arguments as JSON (default: a tiny test backbone)"
@@ -138,7 +135,7 @@ def run_cache_tool(config: Path, out: Path, device: torch.device, batch_size: in
 
 def batches(data_root: Path, batch_size: int, cache: Path | None) -> Iterator[dict[str, Any]]:
     """An endless training-batch iterator (random flips on), with or without the teacher cache."""
-    from d3epth.data import DepthDataModule, HypersimDataset
+    from d3epth.data import DepthDataModule, HypersimDataset  # after main sets HF_HUB_OFFLINE
 
     datamodule = DepthDataModule(
         train={"hypersim": HypersimDataset(data_root, split="train")},
@@ -167,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     sys.path.insert(0, str(REPO / "tests"))
-    from data_fixtures import write_hypersim
+    from data_fixtures import write_hypersim  # tests/ is not a package: importable once on sys.path
 
+    # After HF_HUB_OFFLINE is set: huggingface_hub reads it when diffusers is first imported.
     from d3epth.data.teacher_cache import TeacherCache, teacher_fingerprint
     from d3epth.tasks import LatentDistillationTask
 

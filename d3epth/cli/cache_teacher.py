@@ -20,11 +20,15 @@ A config whose training images are not reproducible is refused: a ``RandomCrop``
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
+
+import d3epth
+from d3epth.cli.common import add_config_arguments, fail
+from d3epth.config import ConfigError, instantiate, load_config, to_container
+from d3epth.errors import TeacherCacheError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,15 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
             "data.init_args.teacher_cache=<out>."
         ),
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="stage-1 run config (e.g. configs/stage1.yaml)")
+    add_config_arguments(
+        parser,
+        config_help="stage-1 run config (e.g. configs/stage1.yaml)",
+        overrides_help="dotted config overrides, e.g. model.init_args.teacher=DIR",
+    )
     parser.add_argument(
         "--out",
         metavar="DIR",
         help="cache directory (created, or extended if it holds a cache of the same teacher); "
         "default: the config's data.init_args.teacher_cache",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.init_args.teacher=DIR"
     )
     parser.add_argument(
         "--batch-size", type=int, default=4, help="samples per teacher call; the teacher sees twice as many images"
@@ -68,14 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("batch_size", "shard_size"):
         if getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
-            return 2
+            return fail(f"--{name.replace('_', '-')} must be >= 1")
 
-    import d3epth
-    from d3epth.config import ConfigError, instantiate, load_config, to_container
     from d3epth.data.teacher_cache import TeacherCacheWriter, check_cacheable, fill_cache, teacher_fingerprint
-    from d3epth.errors import TeacherCacheError
-    from d3epth.models.teacher import load_teacher
+    from d3epth.models.teacher import load_teacher  # heavy: imported after parsing (see d3epth.cli)
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -93,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.config}: the datamodule has no training sets (data.init_args.train)")
         check_cacheable(train_sets, getattr(datamodule, "train_transforms", None))
     except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     try:
         teacher = load_teacher(source, freeze=True, purpose="model.init_args.teacher")
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     info = {
         "source": source,
         "fingerprint": teacher_fingerprint(teacher),  # before moving: the training run hashes it on the CPU too
@@ -112,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         writer = TeacherCacheWriter(out, info, args.dtype, d3epth.__version__)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
 
     start = time.perf_counter()
     try:
@@ -128,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except TeacherCacheError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     elapsed = time.perf_counter() - start
     print(
         f"teacher cache {Path(out)}: computed {computed} samples (x2 flips) in {elapsed:.1f} s on {device}, "

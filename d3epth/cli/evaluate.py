@@ -18,8 +18,10 @@ import argparse
 import csv
 import json
 import os
-import sys
 from pathlib import Path
+
+from d3epth.cli.common import fail, parser_from_docstring
+from d3epth.config import ConfigError, instantiate, load_config
 
 #: Benchmarks with a reader here: reader class, its arguments, the root's environment variable, evaluation preset.
 BENCHMARK_READERS = {
@@ -32,12 +34,7 @@ BENCHMARK_READERS = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``tools/evaluate.py``."""
-    parser = argparse.ArgumentParser(
-        prog="tools/evaluate.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
-    )
+    parser = parser_from_docstring("tools/evaluate.py", __doc__)
     parser.add_argument(
         "models", nargs="+", metavar="MODEL", help="checkpoint (.ckpt), exported student or diffusers dir"
     )
@@ -63,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     """Datasets to score and their evaluation presets, from ``--benchmark`` or ``--config``."""
-    from d3epth import data
-    from d3epth.config import ConfigError, instantiate, load_config
+    from d3epth import data  # heavy: imported after parsing (see d3epth.cli)
 
     if args.config:
         cfg = load_config(args.config)
@@ -90,17 +86,15 @@ def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     """Evaluate every model on every benchmark, print the table and write JSON + CSV. Returns the exit code."""
     args = build_parser().parse_args(argv)
-    import torch
+    import torch  # heavy: imported after parsing (see d3epth.cli)
 
-    from d3epth.config import ConfigError
     from d3epth.inference import evaluate, format_table, load_predictor
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         datasets, presets = benchmark_datasets(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     rows = []
     for source in args.models:
         try:
@@ -108,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 source, device=device, num_steps=args.num_steps, ensemble_size=args.ensemble_size
             )
         except (FileNotFoundError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return fail(err)
         alignment = predictor.kind if args.alignment == "auto" else args.alignment
         results = evaluate(
             predictor.predict,

@@ -25,8 +25,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from d3epth.cli.common import fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,13 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def _source_kind(source: Path) -> str:
     """``"student"``, ``"exported"`` or ``"teacher"`` for a source path; raises for anything else."""
+    # heavy: imported after parsing (see d3epth.cli)
     from d3epth.checkpoints import STUDENT, TASK_KEY, TASKS, TEACHER, load_task_checkpoint, tasks_with
     from d3epth.models.export import is_exported_student
 
@@ -98,7 +95,7 @@ def _source_kind(source: Path) -> str:
 
 def _export_student(args: argparse.Namespace, source: Path, kind: str, out: Path) -> int:
     """Student (checkpoint or exported directory) → ``out`` (+ ONNX)."""
-    from d3epth.inference.predictor import load_student_checkpoint
+    from d3epth.inference.predictor import load_student_checkpoint  # heavy: imported after parsing (see d3epth.cli)
     from d3epth.models.export import ONNX_RTOL, export_student_onnx, load_student, read_export_config, save_student
 
     if kind == "exported":
@@ -117,7 +114,7 @@ def _export_student(args: argparse.Namespace, source: Path, kind: str, out: Path
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError:
-            return _error("ONNX export needs the onnx extra: pip install -e '.[onnx]' (onnx and onnxruntime)")
+            return fail("ONNX export needs the onnx extra: pip install -e '.[onnx]' (onnx and onnxruntime)")
         result = export_student_onnx(model, out, opset=args.opset, size=args.onnx_size)
         sizes_text = ", ".join(f"{b}x3x{h}x{w}" for b, h, w in result.check_sizes)
         print(
@@ -127,21 +124,18 @@ def _export_student(args: argparse.Namespace, source: Path, kind: str, out: Path
             f"{'OK' if result.ok else 'FAILED'}"
         )
         if not result.ok:
-            print(
-                f"error: ONNX output differs from PyTorch by {result.max_abs_diff:.3g} > {result.tolerance:.3g}",
-                file=sys.stderr,
-            )
-            return 1
+            difference = f"{result.max_abs_diff:.3g} > {result.tolerance:.3g}"
+            return fail(f"ONNX output differs from PyTorch by {difference}", code=1)
     return 0
 
 
 def _export_teacher(args: argparse.Namespace, source: Path, out: Path) -> int:
     """Teacher (``TeacherTask`` checkpoint or diffusers directory) → diffusers Marigold directory ``out``."""
-    from d3epth.models.export import export_teacher
+    from d3epth.models.export import export_teacher  # heavy: imported after parsing (see d3epth.cli)
     from d3epth.models.teacher import load_teacher
 
     if args.onnx:
-        return _error("--onnx exports students; a teacher is exported as a diffusers directory (drop --onnx)")
+        return fail("--onnx exports students; a teacher is exported as a diffusers directory (drop --onnx)")
     teacher = load_teacher(source, purpose="export source")
     pipeline = export_teacher(
         teacher,
@@ -165,18 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments and export. Returns the exit code (0 ok, 1 ONNX check failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     if args.opset < 17:
-        return _error(f"--opset must be >= 17, got {args.opset}")
+        return fail(f"--opset must be >= 17, got {args.opset}")
     source, out = Path(args.source).expanduser(), Path(args.out).expanduser()
     try:
         kind = _source_kind(source)
     except (FileNotFoundError, ValueError) as err:
-        return _error(str(err))
+        return fail(err)
     same = kind == "exported" and out.exists() and out.resolve() == source.resolve()
     if out.exists() and not out.is_dir():
-        return _error(f"output {out} exists and is not a directory")
+        return fail(f"output {out} exists and is not a directory")
     if out.exists() and not same and any(out.iterdir()):
         if not args.overwrite:
-            return _error(f"output directory {out} is not empty (use --overwrite)")
+            return fail(f"output directory {out} is not empty (use --overwrite)")
         from d3epth.models.export import remove_export_artefacts
 
         # Only earlier export artefacts are removed (a stale vae/ or model.onnx must not outlive a new export).
@@ -186,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
             return _export_teacher(args, source, out)
         return _export_student(args, source, kind, out)
     except (FileNotFoundError, ValueError) as err:
-        return _error(str(err))
+        return fail(err)

@@ -17,9 +17,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
 
 from omegaconf import OmegaConf
+
+from d3epth.cli.common import add_config_arguments, fail
+from d3epth.config import ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
             "lightning.pytorch.callbacks. and lightning.pytorch.loggers. are errors reported before anything is built."
         ),
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="run config YAML (e.g. configs/stage1.yaml)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides applied on top of the config, e.g. trainer.max_steps=2 model.init_args.lr=1e-4",
+    add_config_arguments(
+        parser,
+        config_help="run config YAML (e.g. configs/stage1.yaml)",
+        overrides_help=(
+            "dotted overrides applied on top of the config, e.g. trainer.max_steps=2 model.init_args.lr=1e-4"
+        ),
     )
     parser.add_argument(
         "--resume",
@@ -59,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse arguments, build data, model and trainer from the config, and fit. Returns the exit code."""
     args = build_parser().parse_args(argv)
 
-    from d3epth.cli.trainer import fit
-    from d3epth.config import ConfigError, load_config
+    from d3epth.cli.trainer import fit  # Lightning: imported after parsing (see d3epth.cli)
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         trainer = fit(cfg, resume=args.resume)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(err)
     if trainer.is_global_zero:
         print(f"run directory: {trainer.log_dir}")
     return 0

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from d3epth.cli.common import fail
+
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -91,18 +93,14 @@ def _device(name: str) -> torch.device:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, load the model, predict and write outputs. Returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
-    from tqdm import tqdm
+    from tqdm import tqdm  # heavy: with d3epth.inference, imported after parsing (see d3epth.cli)
 
     from d3epth.inference import ImageFiles, collect_inputs, load_predictor, same_size_batches, write_outputs
 
-    def error(message: str, code: int = 2) -> int:
-        print(f"error: {message}", file=sys.stderr)
-        return code
-
     if args.batch_size < 1:
-        return error(f"--batch-size must be >= 1, got {args.batch_size}")
+        return fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.processing_resolution is not None and args.processing_resolution < 0:
-        return error(f"--processing-resolution must be >= 0, got {args.processing_resolution}")
+        return fail(f"--processing-resolution must be >= 0, got {args.processing_resolution}")
     try:
         images = collect_inputs(args.inputs, args.recursive)
         device = _device(args.device)
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher=args.teacher,
         )
     except (FileNotFoundError, ValueError) as err:
-        return error(str(err))
+        return fail(err)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             for _, message in errors:
                 if not args.skip_errors:
                     progress.close()
-                    return error(f"{message} (use --skip-errors to go on without it)", code=1)
+                    return fail(f"{message} (use --skip-errors to go on without it)", code=1)
                 failures.append(message)
                 tqdm.write(f"warning: skipped: {message}", file=sys.stderr)
                 progress.update(1)
@@ -149,5 +147,5 @@ def main(argv: list[str] | None = None) -> int:
     written = len(images) - len(failures)
     print(f"wrote depth for {written} image(s) to {out}", file=sys.stderr)
     if failures:
-        return error(f"{len(failures)} image(s) could not be read and were skipped", code=1)
+        return fail(f"{len(failures)} image(s) could not be read and were skipped", code=1)
     return 0

@@ -27,6 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from d3epth.cli.common import fail
+from d3epth.config import instantiate, load_config
+
 #: The repository root (configs/ and tools/ live there; d3epth is installed from it in editable mode).
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,10 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale: float) -> str:
     """Train one stage unless its last checkpoint already reached max_steps; return that checkpoint's path."""
-    import torch
+    import torch  # heavy: imported after parsing (see d3epth.cli)
 
     from d3epth.cli.trainer import fit, run_dir
-    from d3epth.config import load_config
 
     overrides = [f"logger.save_dir={logs}", *stage.wiring(checkpoints)]
     cfg = load_config(REPO / stage.config, overrides)
@@ -122,8 +124,11 @@ def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale
 
 def evaluate_models(checkpoints: dict[str, str], data_config: Path) -> list[dict[str, object]]:
     """Score every trained model on the sample test sets and time it at the sample resolution."""
-    from d3epth.config import instantiate, load_config
-    from d3epth.inference import evaluate, load_predictor, time_per_image
+    from d3epth.inference import (  # heavy: imported after parsing (see d3epth.cli)
+        evaluate,
+        load_predictor,
+        time_per_image,
+    )
 
     datamodule = instantiate(load_config(data_config).data)
     test_sets = dict(datamodule.test_sets)
@@ -157,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         command += ["--seed", str(args.seed), "--no-progress"]
         print(f"== sample data: {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, check=False).returncode != 0:
-            print("error: generating the sample data failed", file=sys.stderr)
-            return 1
+            return fail("generating the sample data failed", code=1)
     else:
         print(f"== sample data: reusing {data}", flush=True)
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
@@ -185,8 +186,6 @@ def to_uint16(depth01: np.ndarray) -> np.ndarray:
 
 def write_outputs(out: Path, name: str, depth: torch.Tensor, npy: bool, color: bool, color_map: str) -> None:
     """Write the 16-bit PNG, the colourised PNG and (optionally) the .npy of one prediction ``[H,W]``."""
-    from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
-
     depth01 = normalise(depth)
     targets = {"depth_bw": f"{name}_pred.png"}
     if color:

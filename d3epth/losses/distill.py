@@ -77,9 +77,9 @@ def latent_distillation_loss(
     graph.
 
     Args:
-        student_latent: student prediction, shape ``(B, C, h, w)``.
-        teacher_latent: teacher target, shape ``(B, C, h, w)`` (not detached here; pass a frozen teacher's output).
-        pixel_mask: valid pixels, ``torch.bool``, shape ``(B, 1, h * factor, w * factor)``, or None.
+        student_latent: student prediction, shape ``[B,C,h,w]``.
+        teacher_latent: teacher target, shape ``[B,C,h,w]`` (not detached here; pass a frozen teacher's output).
+        pixel_mask: valid pixels, ``torch.bool``, shape ``[B,1,h*factor,w*factor]``, or None.
         factor: pixels per latent cell along each axis.
         reduction: ``"batch"`` or ``"image"``.
 
@@ -135,7 +135,7 @@ class LatentDistillationLoss(nn.Module):
         self.reduction = reduction
 
     def forward(self, student_latent: Tensor, teacher_latent: Tensor, pixel_mask: Tensor | None = None) -> Tensor:
-        """Compute the loss for ``(B, C, h, w)`` latents, see :func:`latent_distillation_loss`."""
+        """Compute the loss for ``[B,C,h,w]`` latents, see :func:`latent_distillation_loss`."""
         return latent_distillation_loss(
             student_latent, teacher_latent, pixel_mask, factor=self.factor, reduction=self.reduction
         )
@@ -167,7 +167,7 @@ def feature_distillation_loss(
 
     Args:
         student_features: P tensors ``[B,C_j,H_j,W_j]`` (after adapters: same channels as the teacher's).
-        teacher_features: P tensors ``(B, C_j, H'_j, W'_j)``.
+        teacher_features: P tensors ``[B,C_j,H'_j,W'_j]``.
         resize_mode: ``"auto"`` (area average when shrinking, bilinear when enlarging), ``"bilinear"``
             (anti-aliased when shrinking), ``"nearest"`` or ``"area"``.
 
@@ -214,8 +214,8 @@ class FeatureDistillationLoss(nn.Module):
         resize_mode: ``"auto"``, ``"bilinear"``, ``"nearest"`` or ``"area"``, see :func:`feature_distillation_loss`.
 
     Shape:
-        - student_features: P tensors ``(B, student_channels[j], H_j, W_j)``.
-        - teacher_features: P tensors ``(B, teacher_channels[j], H'_j, W'_j)``.
+        - student_features: P tensors ``[B,student_channels[j],H_j,W_j]``.
+        - teacher_features: P tensors ``[B,teacher_channels[j],H'_j,W'_j]``.
         - Output: ``(loss, parts)`` with a scalar loss and ``{"loss_feat_j": ...}`` detached.
     """
 

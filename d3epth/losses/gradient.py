@@ -52,7 +52,7 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str, caller: str) 
 
 
 def _reduce(numerator: Tensor, count: Tensor, reduction: str) -> Tensor:
-    """Reduce per-image sums ``(B,)`` and valid counts ``(B,)`` to a scalar; empty images add nothing."""
+    """Reduce per-image sums ``[B]`` and valid counts ``[B]`` to a scalar; empty images add nothing."""
     if reduction == "batch":
         return numerator.sum() / count.sum().clamp_min(1.0)
     has_valid = (count > 0).to(numerator.dtype)

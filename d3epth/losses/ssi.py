@@ -106,7 +106,7 @@ def compute_scale_and_shift(pred: Tensor, target: Tensor, mask: Tensor, eps: flo
         eps: relative threshold on the prediction's variance below which an image counts as singular.
 
     Returns:
-        ``(scale, shift)``, each of shape ``(B,)`` in the compute dtype; ``shift`` is in the target's unit.
+        ``(scale, shift)``, each of shape ``[B]`` in the compute dtype; ``shift`` is in the target's unit.
     """
     check_depth_inputs(pred, target, mask, caller="compute_scale_and_shift")
     dtype = _compute_dtype(pred, target)
@@ -162,7 +162,7 @@ def aligned_data_loss(
     Per pixel :math:`\rho(r) = |r|` (``"l1"``) or :math:`\rho(r) = \tfrac12 r^2` (``"l2"``), :math:`r = \hat p - g`.
     ``reduction="batch"`` returns :math:`\sum_{b,i} M \rho / \sum_{b,i} M` (every valid pixel of the batch counts
     once); ``"image"`` the mean over images that have a valid pixel of :math:`\sum_i M\rho / \sum_i M`; ``"none"`` the
-    per-image values, shape ``(B,)``, 0 for images without a valid pixel. Images without a valid pixel never add to
+    per-image values, shape ``[B]``, 0 for images without a valid pixel. Images without a valid pixel never add to
     the loss, and a batch without any valid pixel gives 0 (still attached to the graph).
 
     Args:
@@ -173,7 +173,7 @@ def aligned_data_loss(
         reduction: ``"batch"``, ``"image"`` or ``"none"``.
 
     Returns:
-        Scalar loss (``(B,)`` for ``reduction="none"``), float32 or float64.
+        Scalar loss (``[B]`` for ``reduction="none"``), float32 or float64.
     """
     check_depth_inputs(aligned, target, mask, caller="aligned_data_loss")
     if data_term not in _DATA_TERMS:
@@ -226,7 +226,7 @@ def ssi_loss(
         target: ground-truth depth, shape ``[B,1,H,W]``.
         mask: valid pixels, ``torch.bool``, shape ``[B,1,H,W]``.
         data_term: ``"l1"`` or ``"l2"``.
-        reduction: ``"batch"``, ``"image"`` or ``"none"`` (per-image values, shape ``(B,)``).
+        reduction: ``"batch"``, ``"image"`` or ``"none"`` (per-image values, shape ``[B]``).
         eps: singularity threshold, see :func:`compute_scale_and_shift`.
 
     Returns:
@@ -252,7 +252,7 @@ class SSILoss(nn.Module):
 
     Shape:
         - pred, target, mask: ``[B,1,H,W]``; mask is ``torch.bool``.
-        - Output: scalar (``(B,)`` for ``reduction="none"``).
+        - Output: scalar (``[B]`` for ``reduction="none"``).
     """
 
     def __init__(self, data_term: DataTerm = "l1", reduction: Reduction = "batch", eps: float = 1e-8) -> None:

@@ -98,7 +98,7 @@ def per_image_depth_metrics(pred: Tensor, target: Tensor, mask: Tensor) -> tuple
         mask: Bool, same shape; pixels to score.
 
     Returns:
-        ``(values, num_pixels)``: float64 [B, 9] in the order of ``METRIC_NAMES`` (rows of images without pixels are
+        ``(values, num_pixels)``: float64 [B,9] in the order of ``METRIC_NAMES`` (rows of images without pixels are
         0) and int64 [B].
     """
     pred, target, mask = as_depth_batch(pred, "pred"), as_depth_batch(target, "target"), as_depth_batch(mask, "mask")
@@ -217,7 +217,7 @@ class BaseDepthMetric(Metric):
             valid_mask: Bool, same shape, or ``None`` (range and crop only).
 
         Returns:
-            ``(values, num_pixels)``: float64 [B, 9] (``METRIC_NAMES`` order; 0 rows for images without pixels) and
+            ``(values, num_pixels)``: float64 [B,9] (``METRIC_NAMES`` order; 0 rows for images without pixels) and
             int64 [B] scored pixels per image.
         """
         pred = as_depth_batch(pred, "pred")

@@ -34,11 +34,12 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from d3epth import __version__
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.student import DepthStudent
 
 if TYPE_CHECKING:
-    from diffusers import MarigoldDepthPipeline
+    from diffusers import MarigoldDepthPipeline  # loads transformers; only the check needs it
 
     from d3epth.models.teacher import DiffusionDepthTeacher
 
@@ -135,8 +136,6 @@ def save_student(
     Returns:
         The directory.
     """
-    from d3epth import __version__
-
     model = StudentDepthModel(student, vae)  # validates that the pixel decoder's head exists
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -281,7 +280,7 @@ def export_onnx(model: nn.Module, path: Path, size: tuple[int, int], opset: int)
         size: ``(H, W)`` of the example image the graph is traced with.
         opset: ONNX opset version (17 or later).
     """
-    import onnx
+    import onnx  # the optional extra: pip install -e '.[onnx]'
 
     image = torch.rand(1, 3, *size) * 2 - 1
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -319,7 +318,7 @@ def check_onnx(model: nn.Module, path: Path, sizes: list[tuple[int, int, int]]) 
     Raises:
         RuntimeError: the ONNX output has another shape than PyTorch's.
     """
-    import onnxruntime
+    import onnxruntime  # the optional extra: pip install -e '.[onnx]'
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
@@ -421,6 +420,6 @@ def export_teacher(
     )
     if not check:
         return None
-    from diffusers import MarigoldDepthPipeline
+    from diffusers import MarigoldDepthPipeline  # loads transformers; only the check needs it
 
     return MarigoldDepthPipeline.from_pretrained(directory, local_files_only=True)

@@ -1,7 +1,7 @@
 """Annealed multi-resolution ("pyramid") noise for training a diffusion depth model (Marigold, Ke et al. CVPR 2024).
 
 Marigold replaces the Gaussian noise of the forward process by a sum of Gaussian fields at decreasing resolutions
-(MG-paper §3.3, App. A.2; ``src/util/multi_res_noise.py``)::
+(the paper's §3.3 and App. A.2; ``src/util/multi_res_noise.py`` in Marigold's repository)::
 
     noise = N(0, I) + Σ_{i=1..L} s^i · Upsample_bilinear(N(0, I) at (h, w) / r_i^i),   r_i ~ U[2, 4)
 
@@ -54,7 +54,7 @@ def multi_res_noise(
     its standard deviation: the annealed noise at ``t = 0`` is pure Gaussian.
 
     Args:
-        shape: ``(B, C, h, w)`` of the latent to noise.
+        shape: shape of the latent to noise, ``[B,C,h,w]``.
         strength: s, a float or a per-sample tensor [B] (annealed: :func:`annealed_strength`).
         levels: maximum number of coarser levels L (Marigold: 9, i.e. 10 fields in total).
         generator: RNG (on ``device``) for reproducible noise.

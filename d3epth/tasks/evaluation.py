@@ -1,5 +1,16 @@
-"""Moved to :mod:`d3epth.inference.evaluation`; this module re-exports it for code written against the old path."""
+"""Moved to :mod:`d3epth.inference.evaluation`; this old path forwards to it, for code written against it.
 
-from d3epth.inference.evaluation import evaluate, format_table, time_per_image
+A module-level ``__getattr__`` (PEP 562) looks every name up in the new module, so no name is listed twice.
+"""
 
-__all__ = ["evaluate", "format_table", "time_per_image"]
+from typing import Any
+
+import d3epth.inference.evaluation as _moved
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_moved, name)
+
+
+def __dir__() -> list[str]:
+    return dir(_moved)

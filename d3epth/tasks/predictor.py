@@ -1,23 +1,16 @@
-"""Moved to :mod:`d3epth.inference.predictor`; this module re-exports it for code written against the old path."""
+"""Moved to :mod:`d3epth.inference.predictor`; this old path forwards to it, for code written against it.
 
-from d3epth.inference.predictor import (
-    DepthPredictor,
-    ModuleDepthPredictor,
-    TeacherDepthPredictor,
-    load_predictor,
-    load_student_checkpoint,
-    load_task,
-    processing_size,
-    student_model_from_task,
-)
+A module-level ``__getattr__`` (PEP 562) looks every name up in the new module, so no name is listed twice.
+"""
 
-__all__ = [
-    "DepthPredictor",
-    "ModuleDepthPredictor",
-    "TeacherDepthPredictor",
-    "load_predictor",
-    "load_student_checkpoint",
-    "load_task",
-    "processing_size",
-    "student_model_from_task",
-]
+from typing import Any
+
+import d3epth.inference.predictor as _moved
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_moved, name)
+
+
+def __dir__() -> list[str]:
+    return dir(_moved)

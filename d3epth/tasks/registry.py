@@ -8,13 +8,10 @@ holds (a student, a teacher, an autoencoder) reads it there; this module adds th
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from d3epth.checkpoints import TASKS, TaskInfo, tasks_with
 from d3epth.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from d3epth.tasks.base import DepthTask
+from d3epth.tasks.base import DepthTask
 
 __all__ = ["has_capability", "task_class", "task_info", "tasks_with"]
 
@@ -37,8 +34,6 @@ def task_class(name: str) -> type[DepthTask]:
     Raises:
         CheckpointError: an unknown name, or a module that does not define that task class.
     """
-    from d3epth.tasks.base import DepthTask
-
     info = task_info(name)
     cls = getattr(importlib.import_module(info.module), info.name, None)
     if not (isinstance(cls, type) and issubclass(cls, DepthTask)):

@@ -1,13 +1,17 @@
-"""Moved to :mod:`d3epth.cli.trainer`; re-exported here so configs and checkpoints naming the old path still resolve."""
+"""Moved to :mod:`d3epth.cli.trainer`; this old path forwards to it, for configs and checkpoints that name it.
 
-from d3epth.cli.trainer import (
-    CONFIG_KEY,
-    LastCheckpoint,
-    SaveResolvedConfig,
-    build_trainer,
-    fit,
-    resolve_resume,
-    run_dir,
-)
+For example ``class_path: d3epth.tasks.trainer.LastCheckpoint`` still resolves. A module-level ``__getattr__``
+(PEP 562) looks every name up in the new module, so no name is listed twice.
+"""
 
-__all__ = ["CONFIG_KEY", "LastCheckpoint", "SaveResolvedConfig", "build_trainer", "fit", "resolve_resume", "run_dir"]
+from typing import Any
+
+import d3epth.cli.trainer as _moved
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_moved, name)
+
+
+def __dir__() -> list[str]:
+    return dir(_moved)

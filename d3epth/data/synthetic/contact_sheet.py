@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 
 from d3epth.data.synthetic.writers import iter_split_rows
 
@@ -43,8 +44,6 @@ def _read_png(path: Path) -> np.ndarray:
 
 def _dilate_sparse(depth: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Grow sparse LiDAR points into small squares so they are visible in a thumbnail."""
-    from scipy import ndimage
-
     grown = ndimage.grey_dilation(np.where(valid, -depth, -np.inf), size=(size, size))
     return -grown, np.isfinite(grown)
 

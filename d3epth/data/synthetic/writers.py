@@ -24,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from d3epth.data.synthetic.geometry import (
@@ -284,8 +285,6 @@ def _nyu_task(task: tuple[Any, ...]) -> None:
     raw = depth.copy()
     raw[raw > 10.0] = 0.0  # beyond the Kinect's range
     # Holes at depth discontinuities (the projector's shadow) and a few random dropout blobs.
-    from scipy import ndimage
-
     edges = ndimage.maximum_filter(depth, size=3) - ndimage.minimum_filter(depth, size=3) > 0.25
     raw[ndimage.binary_dilation(edges, iterations=max(1, width // 160))] = 0.0
     # Irregular dropout patches (specular or dark surfaces): thresholded smooth noise.

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.teacher_cache.fingerprint import dataset_signature
@@ -255,8 +256,6 @@ def fill_cache(
     Raises:
         TeacherCacheError: a set is cached with another configuration, or its name cannot name a cache folder.
     """
-    from tqdm import tqdm
-
     computed = skipped = 0
     for set_name, dataset in train_sets.items():
         try:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from d3epth.models.teacher.build import widen_conv_in
 from d3epth.models.teacher.model import DiffusionDepthTeacher
@@ -66,8 +67,6 @@ def compute_empty_text_embedding(path: str | Path, padding: str = "do_not_pad") 
         ValueError: on an unknown ``padding``.
         FileNotFoundError: if ``text_encoder/`` or ``tokenizer/`` is missing.
     """
-    from transformers import CLIPTextModel, CLIPTokenizer  # heavy import, only needed here
-
     if padding not in _TEXT_PADDINGS:
         raise ValueError(f"text embedding padding must be one of {_TEXT_PADDINGS}, got {padding!r}")
     path = Path(path)
@@ -139,8 +138,6 @@ def _embedding_carrier(embedding: Tensor) -> tuple[nn.Module, Any]:
     Returns:
         ``(CLIPTextModel, CLIPTokenizer)``.
     """
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     target = embedding[0, :2].detach().float().cpu()
     channels = target.shape[-1]
     config = CLIPTextConfig(
@@ -297,8 +294,6 @@ def save_pretrained(
     Returns:
         The directory.
     """
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     directory = Path(directory)
     f = teacher.vae_scale_factor
     if default_processing_resolution is None:

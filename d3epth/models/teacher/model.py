@@ -168,28 +168,28 @@ class DiffusionDepthTeacher(nn.Module):
         Keyword arguments: ``text_embedding_file``, ``text_embedding_padding``, ``timestep_spacing``,
         ``rescale_betas_zero_snr``, ``torch_dtype``, ``variant``.
         """
-        from d3epth.models.teacher import hub
+        from d3epth.models.teacher import hub  # hub and build import this module
 
         return hub.from_pretrained(path, **kwargs)
 
     @staticmethod
     def from_config(**config: Any) -> DiffusionDepthTeacher:
         """Random-weight teacher, tiny by default: :func:`d3epth.models.teacher.build.from_config`."""
-        from d3epth.models.teacher import build
+        from d3epth.models.teacher import build  # hub and build import this module
 
         return build.from_config(**config)
 
     @staticmethod
     def sd2_config() -> dict[str, Any]:
         """``from_config`` arguments for Stable Diffusion 2 sizes: :func:`d3epth.models.teacher.build.sd2_config`."""
-        from d3epth.models.teacher import build
+        from d3epth.models.teacher import build  # hub and build import this module
 
         return build.sd2_config()
 
     @staticmethod
     def from_sd2_config(**overrides: Any) -> DiffusionDepthTeacher:
         """Random-weight teacher of Stable Diffusion 2 size (:meth:`sd2_config` updated with ``overrides``)."""
-        from d3epth.models.teacher import build
+        from d3epth.models.teacher import build  # hub and build import this module
 
         return build.from_sd2_config(**overrides)
 
@@ -434,6 +434,6 @@ class DiffusionDepthTeacher(nn.Module):
         self, directory: str | Path, default_denoising_steps: int = 1, default_processing_resolution: int | None = None
     ) -> Path:
         """Write a ``MarigoldDepthPipeline`` directory: :func:`d3epth.models.teacher.hub.save_pretrained`."""
-        from d3epth.models.teacher import hub
+        from d3epth.models.teacher import hub  # hub and build import this module
 
         return hub.save_pretrained(self, directory, default_denoising_steps, default_processing_resolution)
