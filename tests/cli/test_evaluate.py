@@ -4,84 +4,53 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
-import torch
-from data_fixtures import write_hypersim, write_nyu
-from tool_loader import load_tool
 
 from d3epth.data import DepthDataModule, HypersimDataset, NYUv2Dataset
 from d3epth.inference import load_predictor
 from d3epth.metrics import METRIC_NAMES, DepthMetrics
-from d3epth.tasks import PixelRefinementTask
-
-ROOT = Path(__file__).resolve().parents[1]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
+from tests.helpers import CONF
+from tests.helpers.checkpoints import quiet_trainer, tiny_task
+from tests.helpers.data import write_hypersim, write_nyu
+from tests.tool_loader import load_tool
 
 evaluate = load_tool("evaluate")
 
-DATA_CONFIG = """\
-data:
-  class_path: d3epth.data.DepthDataModule
-  init_args:
-    {sets}:
-      hypersim: {{class_path: d3epth.data.HypersimDataset, init_args: {{root: {hypersim}, split: test}}}}
-      nyu: {{class_path: d3epth.data.NYUv2Dataset, init_args: {{root: {nyu}, split: test}}}}
-    num_workers: 0
-"""
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny Hypersim (train/test) and NYU data, a 2-step-trained and an untrained stage-2 checkpoint, data configs."""
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Iterator[dict[str, Path]]:
+    """Tiny Hypersim (train/test) and NYU data, a 2-step-trained and an untrained stage-2 checkpoint, data configs.
+
+    The configs under tests/conf read the data roots from $D3EPTH_TEST_HYPERSIM and $D3EPTH_TEST_NYU, set for
+    this module.
+    """
     root = tmp_path_factory.mktemp("evaluate")
     write_hypersim(root / "hypersim", counts={"train": 4, "test": 2}, size=(32, 32), seed=1)
     write_nyu(root / "nyuv2", n=3, size=(24, 32), seed=2)
+    paths = {"untrained": tiny_checkpoint("stage2_light", seed=0, lr=1e-2, warmup_steps=0)[1]}
 
-    torch.manual_seed(0)
-    untrained = PixelRefinementTask(student=dict(STUDENT), lr=1e-2, warmup_steps=0)
-    trainer = L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
-    )
-    trainer.strategy.connect(untrained)
-    paths = {"untrained": root / "untrained.ckpt"}
-    trainer.save_checkpoint(paths["untrained"])
-
-    torch.manual_seed(0)
-    task = PixelRefinementTask(student=dict(STUDENT), lr=1e-2, warmup_steps=0)
+    task = tiny_task("stage2_light", seed=0, lr=1e-2, warmup_steps=0)
     datamodule = DepthDataModule(
         train={"hypersim": HypersimDataset(root / "hypersim", split="train")}, batch_size=2, num_workers=0
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=root,
-    )
+    trainer = quiet_trainer(root, max_steps=2, limit_val_batches=0)
     trainer.fit(task, datamodule=datamodule)
     assert trainer.global_step == 2
     paths["trained"] = root / "trained.ckpt"
     trainer.save_checkpoint(paths["trained"])
 
     paths["hypersim"], paths["nyu"] = root / "hypersim", root / "nyuv2"
-    paths["config"] = root / "data.yaml"
-    paths["config"].write_text(DATA_CONFIG.format(sets="test", hypersim=paths["hypersim"], nyu=paths["nyu"]))
-    paths["config_no_test"] = root / "data_no_test.yaml"
-    paths["config_no_test"].write_text(DATA_CONFIG.format(sets="val", hypersim=paths["hypersim"], nyu=paths["nyu"]))
-    paths["config_no_data"] = root / "no_data.yaml"
-    paths["config_no_data"].write_text("run_name: nothing\n")
-    return paths
+    paths["config"] = CONF / "evaluate_test_sets.yaml"
+    paths["config_no_test"] = CONF / "evaluate_val_sets.yaml"
+    paths["config_no_data"] = CONF / "evaluate_no_data.yaml"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("D3EPTH_TEST_HYPERSIM", str(paths["hypersim"]))
+        patch.setenv("D3EPTH_TEST_NYU", str(paths["nyu"]))
+        yield paths
 
 
 def reference(checkpoint: Path, dataset, benchmark: str, alignment: str = "depth") -> dict[str, float]:

@@ -7,43 +7,17 @@ import re
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from diffusers import MarigoldDepthPipeline
-from teacher_fixtures import tiny_marigold_dir  # noqa: F401 (fixture)
-from tool_loader import load_tool
 
 from d3epth.models import DiffusionDepthTeacher
 from d3epth.models.export import load_student
 from d3epth.tasks import PixelRefinementTask
-from d3epth.tasks.stage1 import LatentDistillationTask
-
-ROOT = Path(__file__).resolve().parents[1]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
+from tests.helpers.checkpoints import rand_image, save_task, student, tiny_task
+from tests.tool_loader import load_tool
 
 export = load_tool("export")
-
-
-def save_task(task: L.LightningModule, path: Path) -> Path:
-    trainer = L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
-    )
-    trainer.strategy.connect(task)
-    trainer.save_checkpoint(path)
-    return path
-
-
-def rand_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-@pytest.fixture(scope="module")
-def stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[PixelRefinementTask, Path]:
-    torch.manual_seed(0)
-    task = PixelRefinementTask(student=dict(STUDENT)).eval()
-    return task, save_task(task, tmp_path_factory.mktemp("stage2") / "last.ckpt")
 
 
 def test_student_export_reloads_identically_and_onnx_matches(
@@ -56,7 +30,7 @@ def test_student_export_reloads_identically_and_onnx_matches(
     printed = capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "model.onnx"}
     config = json.loads((out / "config.json").read_text())
-    assert config["student"] == STUDENT and config["pixel_decoder"] == "light"
+    assert config["student"] == student("depth") and config["pixel_decoder"] == "light"
     assert config["source"]["task"] == "PixelRefinementTask" and config["d3epth_version"]
 
     # Reload without Lightning: identical outputs, at a size that needs padding.
@@ -82,10 +56,7 @@ def test_student_export_reloads_identically_and_onnx_matches(
 
 
 def test_stage1_student_exports_the_vae_decoder(tmp_path: Path) -> None:
-    torch.manual_seed(2)
-    task = LatentDistillationTask(
-        student={**STUDENT, "heads": ["latent"]}, teacher={"config": {"vae_block_out_channels": (8, 8, 8, 8)}}
-    ).eval()
+    task = tiny_task("stage1", seed=2, teacher={"config": {"vae_block_out_channels": (8, 8, 8, 8)}}).eval()
     ckpt = save_task(task, tmp_path / "stage1.ckpt")
     out = tmp_path / "student"
     assert export.main([str(ckpt), "--out", str(out)]) == 0
@@ -96,7 +67,7 @@ def test_stage1_student_exports_the_vae_decoder(tmp_path: Path) -> None:
         torch.testing.assert_close(load_student(out)(image), task(image), rtol=1e-6, atol=1e-6)
 
 
-def test_teacher_directory_exports_a_marigold_pipeline(tmp_path: Path, tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_teacher_directory_exports_a_marigold_pipeline(tmp_path: Path, tiny_marigold_dir: Path) -> None:
     out = tmp_path / "teacher"
     assert export.main([str(tiny_marigold_dir), "--out", str(out), "--default-processing-resolution", "32"]) == 0
     pipeline = MarigoldDepthPipeline.from_pretrained(out, local_files_only=True)
@@ -110,9 +81,7 @@ def test_teacher_directory_exports_a_marigold_pipeline(tmp_path: Path, tiny_mari
 
 
 def test_teacher_task_checkpoint_exports(tmp_path: Path) -> None:
-    from d3epth.tasks import TeacherTask
-
-    task = TeacherTask(teacher={"config": {}})
+    task = tiny_task("teacher")
     with torch.no_grad():  # a "trained" teacher: its UNet differs from the one its config builds
         task.teacher.unet.conv_out.bias.add_(0.5)
     ckpt = save_task(task, tmp_path / "teacher.ckpt")
@@ -135,9 +104,8 @@ def test_directory_that_is_not_a_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert "junk is neither an exported d3epth student" in err
 
 
-def test_checkpoint_of_the_wrong_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ckpt = tmp_path / "ae.ckpt"
-    torch.save({"d3epth_task": "AutoencoderTask", "state_dict": {}, "hyper_parameters": {}}, ckpt)
+def test_checkpoint_of_the_wrong_kind(tmp_path: Path, tiny_checkpoint, capsys: pytest.CaptureFixture[str]) -> None:
+    _, ckpt = tiny_checkpoint("autoencoder", name="ae.ckpt")
     assert export.main([str(ckpt), "--out", str(tmp_path / "o")]) == 2
     assert re.search(r"ae\.ckpt was written by AutoencoderTask, expected", capsys.readouterr().err)
 
@@ -145,7 +113,7 @@ def test_checkpoint_of_the_wrong_kind(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_refuses_a_non_empty_output_and_onnx_for_teachers(
     tmp_path: Path,
     stage2: tuple[PixelRefinementTask, Path],
-    tiny_marigold_dir: Path,  # noqa: F811
+    tiny_marigold_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "busy"

@@ -6,56 +6,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import write_hypersim
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from tests.helpers import CONF
+from tests.helpers.data import write_hypersim
+from tests.tool_loader import load_tool
 
 fit = load_tool("fit")
 
-CONFIG = """\
-base: {base}
-run_name: tiny
-model:
-  class_path: d3epth.tasks.PixelRefinementTask
-  init_args:
-    student: {{backbone: test_efficientnet, decoder_channels: 16, heads: [depth]}}
-    lr: 1.0e-3
-    warmup_steps: 1
-data:
-  class_path: d3epth.data.DepthDataModule
-  init_args:
-    train:
-      hypersim: {{class_path: d3epth.data.HypersimDataset, init_args: {{root: {data}, split: train}}}}
-    val:
-      hypersim: {{class_path: d3epth.data.HypersimDataset, init_args: {{root: {data}, split: val}}}}
-    batch_size: 2
-    val_batch_size: 2
-    num_workers: 0
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_steps: 4
-  val_check_interval: 2
-  log_every_n_steps: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-logger:
-  save_dir: {logs}
-last_checkpoint_every_n_steps: 2
-"""
-
 
 @pytest.fixture
-def tiny_config(tmp_path: Path) -> Path:
+def tiny_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/conf/fit_tiny.yaml on fresh tiny Hypersim data; logs under ``tmp_path / "logs"``."""
     write_hypersim(tmp_path / "hypersim", counts={"train": 4, "val": 2}, size=(32, 32))
-    path = tmp_path / "tiny.yaml"
-    path.write_text(
-        CONFIG.format(base=ROOT / "configs" / "base.yaml", data=tmp_path / "hypersim", logs=tmp_path / "logs")
-    )
-    return path
+    monkeypatch.setenv("D3EPTH_TEST_HYPERSIM", str(tmp_path / "hypersim"))
+    monkeypatch.setenv("D3EPTH_TEST_LOGS", str(tmp_path / "logs"))
+    return CONF / "fit_tiny.yaml"
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:

@@ -5,34 +5,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tool_loader import load_tool
 
 from d3epth.inference import load_predictor, read_image
-from d3epth.tasks import PixelRefinementTask
-
-ROOT = Path(__file__).resolve().parents[1]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
+from tests.tool_loader import load_tool
 
 predict = load_tool("predict")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    task = PixelRefinementTask(student=dict(STUDENT))
-    trainer = L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
-    )
-    trainer.strategy.connect(task)
-    path = tmp_path_factory.mktemp("model") / "last.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+def checkpoint(stage2: tuple) -> Path:
+    return stage2[1]
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +143,11 @@ def test_corrupt_image_fails_or_is_skipped(
     assert (out / "depth_bw" / "b_good_pred.png").is_file()
 
 
-def test_bad_model_sources(tmp_path: Path, checkpoint: Path, images: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_model_sources(tmp_path: Path, images: Path, tiny_checkpoint, capsys: pytest.CaptureFixture[str]) -> None:
     image = str(images / "rgb.png")
     (tmp_path / "not_a_model").mkdir()
     assert run([image, "--model", str(tmp_path / "not_a_model"), "--out", str(tmp_path / "o")]) == 2
     assert "not_a_model is not a model directory" in capsys.readouterr().err
-    wrong = tmp_path / "ae.ckpt"
-    torch.save({"d3epth_task": "AutoencoderTask", "state_dict": {}, "hyper_parameters": {}}, wrong)
+    _, wrong = tiny_checkpoint("autoencoder", name="ae.ckpt")
     assert run([image, "--model", str(wrong), "--out", str(tmp_path / "o")]) == 2
     assert "ae.ckpt is an AutoencoderTask checkpoint" in capsys.readouterr().err

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tool_loader import load_tool
 
 from d3epth.cli import quickstart
 from d3epth.config import load_config
 from d3epth.data import HypersimDataset
 from d3epth.inference import load_predictor
 from d3epth.metrics import DepthMetrics
+from tests.helpers import REPO
+from tests.tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
 SCALE = 0.002  # 800/1000/500 default steps -> 1 or 2 steps per stage
 make_sample_data = load_tool("make_sample_data")
 
@@ -75,7 +75,7 @@ def data(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 
 def expected_steps(stage) -> int:
-    return max(1, round(int(load_config(ROOT / stage.config).trainer.max_steps) * SCALE))
+    return max(1, round(int(load_config(REPO / stage.config).trainer.max_steps) * SCALE))
 
 
 def stage_checkpoints(logs: Path) -> dict[str, Path]:
@@ -162,7 +162,7 @@ def test_chain_trains_every_stage_reuses_and_starts_fresh(
     generated: list[list[str]] = []
 
     def generate(command: list[str], check: bool = False) -> types.SimpleNamespace:
-        assert Path(command[1]) == ROOT / "tools" / "make_sample_data.py"
+        assert Path(command[1]) == REPO / "tools" / "make_sample_data.py"
         assert not data.exists()  # --fresh removed it first
         generated.append(command[2:])
         return types.SimpleNamespace(returncode=make_sample_data.main([*command[2:], *TINY_DATA]))

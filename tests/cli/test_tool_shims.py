@@ -7,9 +7,9 @@ import importlib
 from pathlib import Path
 
 import pytest
-from tool_loader import TOOLS, load_tool
 
 from d3epth.config import instantiate, load_config
+from tests.tool_loader import TOOLS, load_tool
 
 TOOL_NAMES = ("fit", "evaluate", "predict", "export", "quickstart")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,12 +14,9 @@ from PIL import Image
 
 from d3epth.data import synthetic as S
 from d3epth.data.prepare import hypersim as ph
+from tests.tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # tools/ is a folder of scripts, importable from the repository root
-    sys.path.insert(0, str(ROOT))
-
-from tools import prepare_hypersim as tool  # noqa: E402
+tool = load_tool("prepare_hypersim")
 
 W, H = 32, 24
 GEN = {"seed": 0, "scenes": (3, 1, 1), "cameras_per_scene": 2, "frames_per_camera": 2, "width": W, "height": H}

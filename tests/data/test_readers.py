@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import write_hypersim, write_kitti, write_nyu, write_png16, write_rgb, write_vkitti2
 from PIL import Image
 
 from d3epth.data import HypersimDataset, KITTIDataset, NYUv2Dataset, VirtualKITTI2Dataset
+from tests.helpers.data import write_hypersim, write_kitti, write_nyu, write_png16, write_rgb, write_vkitti2
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +18,7 @@ import torch
 from PIL import Image
 
 from d3epth.data import synthetic as S
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # tools/ is a folder of scripts, importable from the repository root
-    sys.path.insert(0, str(ROOT))
+from tests.tool_loader import load_tool
 
 
 def _read(path: Path) -> np.ndarray:
@@ -296,7 +292,7 @@ def test_generated_data_through_readers(tmp_path: Path) -> None:
 # The generator CLI
 # --------------------------------------------------------------------------------------------------------------------
 def test_make_sample_data_main(tmp_path: Path) -> None:
-    from tools.make_sample_data import main
+    main = load_tool("make_sample_data").main
 
     out = tmp_path / "sd"
     argv = [
@@ -355,18 +351,9 @@ def test_make_sample_data_main(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_thousand_low_res_hypersim_frames_within_a_minute(tmp_path: Path) -> None:
     """The sample-data budget: ~1,000 128x96 Hypersim training frames in at most a minute on 2 cores."""
+    budget = {"scenes": (50, 0, 0), "cameras_per_scene": 2, "frames_per_camera": 10, "width": 128, "height": 96}
     start = time.perf_counter()
-    S.write_hypersim_raw(
-        tmp_path,
-        seed=0,
-        scenes=(50, 0, 0),
-        cameras_per_scene=2,
-        frames_per_camera=10,
-        width=128,
-        height=96,
-        workers=2,
-        progress=False,
-    )
+    S.write_hypersim_raw(tmp_path, seed=0, workers=2, progress=False, **budget)
     elapsed = time.perf_counter() - start
     assert len(list(tmp_path.rglob("*.depth_meters.hdf5"))) == 1000
     assert elapsed < 60.0, f"{elapsed:.1f} s"

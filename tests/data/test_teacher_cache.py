@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
-from data_fixtures import write_hypersim, write_vkitti2
-from tool_loader import load_tool
 
 from d3epth.data import DepthDataModule, HorizontalFlip, HypersimDataset, RandomCrop, VirtualKITTI2Dataset
 from d3epth.data.teacher_cache import TeacherCache, TeacherCacheError, teacher_fingerprint
 from d3epth.tasks import LatentDistillationTask
+from tests.helpers import CONF
+from tests.helpers.checkpoints import STUDENT, TEACHER, quiet_trainer
+from tests.helpers.data import write_hypersim, write_vkitti2
+from tests.tool_loader import load_tool
 
-ROOT = Path(__file__).resolve().parents[1]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16}
-TEACHER = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults: tiny, random
 HYPERSIM_SIZE = (20, 28)  # not multiples of 8: the targets of padded images, latent 3x4
 
 
@@ -35,28 +35,13 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def config(roots: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("config") / "stage1.yaml"
-    path.write_text(
-        f"""
-model:
-  class_path: d3epth.tasks.LatentDistillationTask
-  init_args:
-    student: {json.dumps(STUDENT)}
-    teacher: {json.dumps(TEACHER)}
-data:
-  class_path: d3epth.data.DepthDataModule
-  init_args:
-    train:
-      hypersim: {{class_path: d3epth.data.HypersimDataset, init_args: {{root: "{roots["hypersim"]}", split: train}}}}
-      vkitti2:
-        class_path: d3epth.data.VirtualKITTI2Dataset
-        init_args: {{root: "{roots["vkitti2"]}", split: train, kb_crop: false}}
-    batch_size: 2
-    num_workers: 0
-"""
-    )
-    return path
+def config(roots: dict[str, Path]) -> Iterator[Path]:
+    """tests/conf/cache_teacher_stage1.yaml, its data roots ($D3EPTH_TEST_HYPERSIM, $D3EPTH_TEST_VKITTI2) set for
+    this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("D3EPTH_TEST_HYPERSIM", str(roots["hypersim"]))
+        patch.setenv("D3EPTH_TEST_VKITTI2", str(roots["vkitti2"]))
+        yield CONF / "cache_teacher_stage1.yaml"
 
 
 def run_tool(config: Path, out: Path, *extra: str) -> int:
@@ -177,21 +162,6 @@ def test_horizontal_flip_swaps_cached_pairs_and_mirrors_the_rest() -> None:
     assert HorizontalFlip(0.0)(sample)["teacher_latent"] is sample["teacher_latent"]
 
 
-def trainer(tmp_path: Path) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-    )
-
-
 def test_stage1_step_with_cache_equals_step_without(
     roots: dict[str, Path], cache32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,7 +175,7 @@ def test_stage1_step_with_cache_equals_step_without(
                 raise AssertionError("the teacher ran although the batch carries cached targets")
 
             monkeypatch.setattr(task, "teacher_targets", fail)
-        fit = trainer(tmp_path)
+        fit = quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0)
         fit.fit(task, datamodule=make_dm(roots, cache, hflip_p=0.5, batch_size=3))
         results.append(fit.callback_metrics["train/loss"].item())
     # Same batch (same seed: same samples and flips), same student: the loss differs only by the float32 summation

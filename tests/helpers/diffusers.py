@@ -3,7 +3,7 @@
 ``make_tiny_checkpoint`` writes a directory in the layout of a Marigold checkpoint (``unet/`` with 8 input channels,
 ``vae/``, ``scheduler/`` DDIM with trailing spacing, ``text_encoder/``, ``tokenizer/`` from a hand-written
 vocab.json / merges.txt, ``model_index.json``) or, with ``in_channels=4``, of a Stable Diffusion 2 directory.
-Import the fixtures into a test module with ``from teacher_fixtures import tiny_marigold_dir, ...``.
+The session fixtures ``tiny_marigold_dir`` and ``tiny_sd2_dir`` (``tests/conftest.py``) are built with it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -95,16 +94,3 @@ def make_tiny_checkpoint(directory: Path, in_channels: int = 8, scheduler_config
         )
     pipeline.save_pretrained(directory)
     return directory
-
-
-@pytest.fixture(scope="session")
-def tiny_marigold_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Marigold v1-1-layout checkpoint (8-channel UNet, trailing DDIM, CLIP text encoder + tokenizer)."""
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "marigold")
-
-
-@pytest.fixture(scope="session")
-def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Stable Diffusion 2-layout directory (4-channel UNet, leading DDIM as in SD2's own config)."""
-    config = {**SCHEDULER_CONFIG, "timestep_spacing": "leading", "rescale_betas_zero_snr": False}
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("teacher") / "sd2", in_channels=4, scheduler_config=config)

@@ -15,7 +15,7 @@ import torch
 from d3epth.models import DepthStudent, DiffusionDepthTeacher
 from d3epth.models.export import save_student
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["latent", "depth"]}
 
 #: Run in a fresh interpreter: load the exported student both ways, predict, report what got imported.

@@ -1,15 +1,13 @@
-"""load_predictor (every model source) and the exported-student format of d3epth.models.export."""
+"""load_predictor: every model source (task checkpoints, exported students, diffusers directories) and its errors."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from diffusers import MarigoldDepthPipeline
-from teacher_fixtures import tiny_marigold_dir, tiny_sd2_dir  # noqa: F401 (fixtures)
 
 from d3epth.errors import CheckpointError
 from d3epth.inference import (
@@ -22,46 +20,10 @@ from d3epth.inference import (
     processing_size,
     student_model_from_task,
 )
-from d3epth.models import DepthStudent, DiffusionDepthTeacher
-from d3epth.models.depth_model import StudentDepthModel, decode_depth_latent
-from d3epth.models.export import (
-    is_exported_student,
-    load_student,
-    read_export_config,
-    save_student,
-)
+from d3epth.models.depth_model import StudentDepthModel
 from d3epth.tasks import PixelRefinementTask
 from d3epth.tasks.stage1 import LatentDistillationTask
-
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["depth"]}
-
-
-def save_task(task: L.LightningModule, path: Path) -> Path:
-    """Write the checkpoint Lightning writes for ``task`` (hyper-parameters, state dict, d3epth_task marker)."""
-    trainer = L.Trainer(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, devices=1
-    )
-    trainer.strategy.connect(task)
-    trainer.save_checkpoint(path)
-    return path
-
-
-def rand_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
-@pytest.fixture(scope="module")
-def stage2(tmp_path_factory: pytest.TempPathFactory) -> tuple[PixelRefinementTask, Path]:
-    torch.manual_seed(0)
-    task = PixelRefinementTask(student=dict(STUDENT)).eval()
-    return task, save_task(task, tmp_path_factory.mktemp("stage2") / "last.ckpt")
-
-
-@pytest.fixture(scope="module")
-def stage1(tmp_path_factory: pytest.TempPathFactory) -> tuple[LatentDistillationTask, Path]:
-    torch.manual_seed(1)
-    task = LatentDistillationTask(student={**STUDENT, "heads": ["latent"]}, teacher={"config": {}}).eval()
-    return task, save_task(task, tmp_path_factory.mktemp("stage1") / "last.ckpt")
+from tests.helpers.checkpoints import rand_image, save_task, tiny_task
 
 
 # ----------------------------------------------------------------------------------------------------------- sources
@@ -109,8 +71,7 @@ def test_stage2_vae_checkpoint_is_the_student_with_the_teacher_vae(
     tmp_path: Path, stage1: tuple[LatentDistillationTask, Path]
 ) -> None:
     """The predictor holds only what runs (student + VAE decoder, no UNet) and computes the task's own depth."""
-    torch.manual_seed(2)
-    task = PixelRefinementTask(init_from=str(stage1[1]), pixel_decoder="vae", teacher={"config": {}}).eval()
+    task = tiny_task("stage2_vae", seed=2, student=None, init_from=str(stage1[1])).eval()
     path = save_task(task, tmp_path / "stage2_vae.ckpt")
     model, kwargs, name = load_student_checkpoint(path)
     assert name == "PixelRefinementTask" and kwargs == dict(task.hparams["student"])
@@ -151,9 +112,7 @@ def test_student_checkpoint_that_does_not_match_its_student(
 
 
 def test_teacher_task_checkpoint_is_a_diffusion_predictor(tmp_path: Path) -> None:
-    from d3epth.tasks import TeacherTask
-
-    task = TeacherTask(teacher={"config": {}})
+    task = tiny_task("teacher")
     with torch.no_grad():  # "trained": differs from what its config builds, so the weights must come from the file
         task.teacher.unet.conv_out.bias.add_(0.3)
     path = save_task(task, tmp_path / "teacher.ckpt")
@@ -180,7 +139,7 @@ def test_processing_resolution_runs_the_model_at_the_rounded_size(stage2: tuple[
     assert seen == [(1, 3, 32, 64), (1, 3, 60, 100)]
 
 
-def test_diffusers_directory_matches_marigold_pipeline(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_diffusers_directory_matches_marigold_pipeline(tiny_marigold_dir: Path) -> None:
     predictor = load_predictor(tiny_marigold_dir)
     assert isinstance(predictor, TeacherDepthPredictor) and predictor.num_steps == 1
     image = rand_image(1, 24, 40)
@@ -199,7 +158,7 @@ def test_diffusers_directory_matches_marigold_pipeline(tiny_marigold_dir: Path) 
     torch.testing.assert_close(depth, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_ensemble_is_seeded(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_ensemble_is_seeded(tiny_marigold_dir: Path) -> None:
     image = rand_image(1, 16, 16)
     predictor = load_predictor(tiny_marigold_dir, ensemble_size=3, seed=3)
     a, b = predictor.predict(image), predictor.predict(image)  # reseeded per call: batching order does not matter
@@ -211,10 +170,10 @@ def test_ensemble_is_seeded(tiny_marigold_dir: Path) -> None:  # noqa: F811
 
 def test_moved_teacher_source_is_named_and_can_be_overridden(
     tmp_path: Path,
-    tiny_marigold_dir: Path,  # noqa: F811
+    tiny_marigold_dir: Path,
 ) -> None:
     teacher_dir = shutil.copytree(tiny_marigold_dir, tmp_path / "teacher")
-    task = LatentDistillationTask(student={**STUDENT, "heads": ["latent"]}, teacher=str(teacher_dir)).eval()
+    task = tiny_task("stage1", teacher=str(teacher_dir)).eval()
     path = save_task(task, tmp_path / "stage1.ckpt")
     moved = teacher_dir.rename(tmp_path / "moved")
     with pytest.raises(FileNotFoundError, match=r"stage1\.ckpt.*--teacher"):
@@ -223,49 +182,6 @@ def test_moved_teacher_source_is_named_and_can_be_overridden(
     with torch.no_grad():
         expected = task.predict_depth({"image": image})
     torch.testing.assert_close(load_predictor(path, teacher=moved).predict(image), expected, rtol=1e-6, atol=1e-6)
-
-
-# ------------------------------------------------------------------------------------------------------- export format
-def test_exported_student_round_trip(tmp_path: Path, stage2: tuple[PixelRefinementTask, Path]) -> None:
-    task = stage2[0]
-    model, kwargs = student_model_from_task(task)
-    assert model.pixel_decoder == "light" and kwargs == {**STUDENT}
-    save_student(tmp_path / "exp", task.student, {**kwargs, "pretrained_weights": "/nowhere.pth"})
-    config = read_export_config(tmp_path / "exp")
-    assert is_exported_student(tmp_path / "exp")
-    assert config["student"] == STUDENT  # the weights path is dropped: the weights are in model.safetensors
-    assert config["pixel_decoder"] == "light" and config["heads"] == ["depth"] and config["size_multiple"] == 32
-    assert config["input"]["range"] == [-1.0, 1.0] and "affine-invariant" in config["output"]["description"]
-    loaded = load_student(tmp_path / "exp")
-    assert isinstance(loaded, StudentDepthModel) and not loaded.training
-    image = rand_image(2, 33, 50)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(image), task(image), rtol=0, atol=0)
-    predictor = load_predictor(tmp_path / "exp")
-    torch.testing.assert_close(predictor.predict(image), task(image), rtol=0, atol=0)
-
-
-def test_exported_vae_student_decodes_like_the_teacher(
-    tmp_path: Path, stage1: tuple[LatentDistillationTask, Path]
-) -> None:
-    task = stage1[0]
-    model, kwargs = student_model_from_task(task)
-    assert model.pixel_decoder == "vae"
-    latent = torch.randn(1, 4, 3, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.testing.assert_close(decode_depth_latent(model.vae, latent), task.teacher.decode_depth(latent))
-    save_student(tmp_path / "exp", model.student, kwargs, model.vae)
-    assert (tmp_path / "exp" / "vae" / "config.json").is_file()
-    image = rand_image(1, 21, 35)
-    with torch.no_grad():
-        torch.testing.assert_close(load_student(tmp_path / "exp")(image), task(image), rtol=1e-6, atol=1e-6)
-
-
-def test_student_model_refuses_a_missing_head() -> None:
-    student = DepthStudent(**STUDENT)
-    vae = DiffusionDepthTeacher.from_config().vae
-    with pytest.raises(ValueError, match="'latent' head"):
-        StudentDepthModel(student, vae)
 
 
 # ------------------------------------------------------------------------------------------------------------ errors
@@ -281,18 +197,17 @@ def test_directory_that_is_not_a_model(tmp_path: Path) -> None:
         load_predictor(tmp_path / "photos")
 
 
-def test_stable_diffusion_directory_is_not_a_depth_model(tiny_sd2_dir: Path) -> None:  # noqa: F811
+def test_stable_diffusion_directory_is_not_a_depth_model(tiny_sd2_dir: Path) -> None:
     with pytest.raises(ValueError, match="Stable Diffusion"):
         load_predictor(tiny_sd2_dir)
 
 
-def test_checkpoint_of_the_wrong_kind(tmp_path: Path) -> None:
+def test_checkpoint_of_the_wrong_kind(tmp_path: Path, tiny_checkpoint) -> None:
     plain = tmp_path / "plain.ckpt"
     torch.save({"state_dict": {}}, plain)
     with pytest.raises(ValueError, match=r"plain\.ckpt is not a d3epth task checkpoint"):
         load_predictor(plain)
-    autoencoder = tmp_path / "ae.ckpt"
-    torch.save({"d3epth_task": "AutoencoderTask", "state_dict": {}, "hyper_parameters": {}}, autoencoder)
+    _, autoencoder = tiny_checkpoint("autoencoder", name="ae.ckpt")
     with pytest.raises(ValueError, match=r"ae\.ckpt is an AutoencoderTask checkpoint"):
         load_predictor(autoencoder)
     corrupt = tmp_path / "corrupt.ckpt"

@@ -15,22 +15,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import d3epth.metrics as public
 import d3epth.metrics.depth as depth_module
 from d3epth.data.crops import EvalCrop
 from d3epth.metrics import (
     BENCHMARKS,
     METRIC_NAMES,
-    RMSE,
     AbsRel,
     BaseDepthMetric,
     Delta1,
-    Delta2,
-    Delta3,
     DepthMetrics,
-    Log10,
-    RMSELog,
-    SILog,
-    SqRel,
     align,
     align_disparity,
     crop_mask,
@@ -208,21 +202,21 @@ def test_each_metric_on_a_hand_worked_example() -> None:
     mean_e = sum(e) / 4
     mean_e2 = sum(x * x for x in e) / 4
     expected = {
-        AbsRel: (0 + 0.5 / 2 + 1 / 4 + 2 / 8) / 4,  # 0.1875
-        SqRel: (0 + 0.25 / 2 + 1 / 4 + 4 / 8) / 4,  # 0.21875
-        RMSE: math.sqrt((0 + 0.25 + 1 + 4) / 4),  # sqrt(1.3125)
-        RMSELog: math.sqrt(mean_e2),
-        Log10: (0 + 2 * math.log10(1.25) + abs(math.log10(0.75))) / 4,
-        SILog: 100 * math.sqrt(mean_e2 - mean_e**2),
-        Delta1: 1 / 4,  # only the exact pixel: 1.25 is *not* < 1.25
-        Delta2: 1.0,  # all ratios < 1.5625
-        Delta3: 1.0,
+        public.AbsRel: (0 + 0.5 / 2 + 1 / 4 + 2 / 8) / 4,  # 0.1875
+        public.SqRel: (0 + 0.25 / 2 + 1 / 4 + 4 / 8) / 4,  # 0.21875
+        public.RMSE: math.sqrt((0 + 0.25 + 1 + 4) / 4),  # sqrt(1.3125)
+        public.RMSELog: math.sqrt(mean_e2),
+        public.Log10: (0 + 2 * math.log10(1.25) + abs(math.log10(0.75))) / 4,
+        public.SILog: 100 * math.sqrt(mean_e2 - mean_e**2),
+        public.Delta1: 1 / 4,  # only the exact pixel: 1.25 is *not* < 1.25
+        public.Delta2: 1.0,  # all ratios < 1.5625
+        public.Delta3: 1.0,
     }
     for cls, value in expected.items():
         metric = cls(alignment="none")
         metric.update(p, g, mask)
         assert float(metric.compute()) == pytest.approx(value, rel=1e-12), cls.__name__
-    assert expected[AbsRel] == 0.1875 and expected[SqRel] == 0.21875
+    assert expected[public.AbsRel] == 0.1875 and expected[public.SqRel] == 0.21875
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDPMScheduler, MarigoldDepthPipeline, UNet2DConditionModel
-from teacher_fixtures import SCHEDULER_CONFIG, tiny_marigold_dir, tiny_sd2_dir  # noqa: F401  (pytest fixtures)
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from d3epth.models import DiffusionDepthTeacher
@@ -22,17 +21,18 @@ from d3epth.models.teacher import (
     load_empty_text_embedding,
     save_empty_text_embedding,
 )
+from tests.helpers.diffusers import SCHEDULER_CONFIG
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_marigold_dir: Path) -> DiffusionDepthTeacher:  # noqa: F811
+def teacher(tiny_marigold_dir: Path) -> DiffusionDepthTeacher:
     return DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir).freeze()
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_marigold_dir: Path) -> MarigoldDepthPipeline:  # noqa: F811
+def pipeline(tiny_marigold_dir: Path) -> MarigoldDepthPipeline:
     pipe = MarigoldDepthPipeline.from_pretrained(tiny_marigold_dir, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -52,7 +52,7 @@ def run_pipeline(pipe: MarigoldDepthPipeline, image: torch.Tensor, **kwargs: obj
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_loads_marigold_dir_offline(teacher: DiffusionDepthTeacher, tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_loads_marigold_dir_offline(teacher: DiffusionDepthTeacher, tiny_marigold_dir: Path) -> None:
     assert teacher.unet.config.in_channels == 8
     assert teacher.latent_scale == pytest.approx(0.18215)
     assert teacher.vae_scale_factor == 8
@@ -71,7 +71,7 @@ def test_loads_marigold_dir_offline(teacher: DiffusionDepthTeacher, tiny_marigol
     assert "empty_text_embedding" not in teacher.state_dict()  # non-persistent buffer
 
 
-def test_max_length_embedding_starts_with_unpadded_one(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_max_length_embedding_starts_with_unpadded_one(tiny_marigold_dir: Path) -> None:
     short = compute_empty_text_embedding(tiny_marigold_dir, padding="do_not_pad")
     long = compute_empty_text_embedding(tiny_marigold_dir, padding="max_length")
     assert short.shape == (1, 2, 32) and long.shape == (1, 77, 32)
@@ -81,7 +81,7 @@ def test_max_length_embedding_starts_with_unpadded_one(tiny_marigold_dir: Path) 
     torch.testing.assert_close(teacher.empty_text_embedding, long)
 
 
-def test_embedding_file_equals_text_encoder(tiny_marigold_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_embedding_file_equals_text_encoder(tiny_marigold_dir: Path, tmp_path: Path) -> None:
     computed = compute_empty_text_embedding(tiny_marigold_dir)
     target = tmp_path / "no_clip"
     for sub in ("unet", "vae", "scheduler"):
@@ -97,7 +97,7 @@ def test_embedding_file_equals_text_encoder(tiny_marigold_dir: Path, tmp_path: P
     torch.testing.assert_close(explicit.empty_text_embedding, computed, atol=0, rtol=0)
 
 
-def test_missing_directory_and_subfolders(tiny_marigold_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_missing_directory_and_subfolders(tiny_marigold_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does_not_exist"):
         DiffusionDepthTeacher.from_pretrained(tmp_path / "does_not_exist")
     partial = tmp_path / "partial"
@@ -192,7 +192,7 @@ def test_decode_matches_pipeline_decoder(teacher: DiffusionDepthTeacher, pipelin
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_leading_spacing_runs_one_step_at_t1_trailing_at_999(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_leading_spacing_runs_one_step_at_t1_trailing_at_999(tiny_marigold_dir: Path) -> None:
     with pytest.warns(UserWarning, match="leading"):
         leading = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir, timestep_spacing="leading")
     trailing = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir)
@@ -212,7 +212,7 @@ def test_leading_spacing_runs_one_step_at_t1_trailing_at_999(tiny_marigold_dir: 
         assert not torch.allclose(leading.predict_latent(rgb, 1), trailing.predict_latent(rgb, 1), atol=1e-3)
 
 
-def test_one_step_latent_is_x0_from_v(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_one_step_latent_is_x0_from_v(tiny_marigold_dir: Path) -> None:
     zsnr = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir).freeze()
     plain = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir, rescale_betas_zero_snr=False).freeze()
     # SD2's scaled_linear betas (0.00085 → 0.012, scheduler_config.json) give ᾱ_999 = 0.004660; rescaled to zero
@@ -232,7 +232,7 @@ def test_one_step_latent_is_x0_from_v(tiny_marigold_dir: Path) -> None:  # noqa:
         torch.testing.assert_close(plain.latent_from_model_output(v, z_t, 999), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_one_ddim_step_equals_x0_when_final_alpha_is_one(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_one_ddim_step_equals_x0_when_final_alpha_is_one(tiny_marigold_dir: Path) -> None:
     teacher = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir).freeze()
     image = images(2, 32, 32, seed=2)
     config = {**SCHEDULER_CONFIG, "set_alpha_to_one": True}
@@ -250,7 +250,7 @@ def test_one_ddim_step_equals_x0_when_final_alpha_is_one(tiny_marigold_dir: Path
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_sd2_conv_in_is_widened_by_marigold_rule(tiny_sd2_dir: Path) -> None:  # noqa: F811
+def test_sd2_conv_in_is_widened_by_marigold_rule(tiny_sd2_dir: Path) -> None:
     original = UNet2DConditionModel.from_pretrained(tiny_sd2_dir, subfolder="unet", local_files_only=True)
     assert original.config.in_channels == 4
     teacher = DiffusionDepthTeacher.from_pretrained(tiny_sd2_dir)
@@ -293,7 +293,7 @@ def test_encode_decode_shapes(teacher: DiffusionDepthTeacher) -> None:
         teacher.encode_image(depth)
 
 
-def test_gradients_flow_through_decoder_and_one_step(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_gradients_flow_through_decoder_and_one_step(tiny_marigold_dir: Path) -> None:
     teacher = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir)
     teacher.vae.requires_grad_(False)  # E2E-FT: frozen decoder, trainable UNet
     latent = (torch.randn(1, 4, 4, 4) * 0.1).requires_grad_(True)
@@ -386,7 +386,7 @@ def test_export_without_text_encoder_uses_embedding_carrier(tmp_path: Path) -> N
     assert encoder.config.num_hidden_layers == 0
 
 
-def test_export_replaces_text_encoder_that_does_not_match(tiny_marigold_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_export_replaces_text_encoder_that_does_not_match(tiny_marigold_dir: Path, tmp_path: Path) -> None:
     other = torch.randn(1, 2, 32, generator=torch.Generator().manual_seed(9))
     save_empty_text_embedding(other, tmp_path / "other.safetensors")
     teacher = DiffusionDepthTeacher.from_pretrained(
@@ -428,7 +428,7 @@ def test_teacher_package_imports_without_lightning_or_tasks() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_freeze_is_sticky(tiny_marigold_dir: Path) -> None:  # noqa: F811
+def test_freeze_is_sticky(tiny_marigold_dir: Path) -> None:
     teacher = DiffusionDepthTeacher.from_pretrained(tiny_marigold_dir)
     assert teacher.training and all(p.requires_grad for p in teacher.parameters())
     teacher.freeze()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -13,8 +12,7 @@ from d3epth.data import DepthDataModule
 from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.models.teacher.sources import load_autoencoder
 from d3epth.tasks.autoencoder import AutoencoderTask
-
-TINY = {"block_out_channels": [8, 8, 8, 8]}
+from tests.helpers.checkpoints import quiet_trainer, tiny_task
 
 
 def make_samples(n: int = 4, height: int = 32, width: int = 32, seed: int = 0) -> list[dict]:
@@ -42,7 +40,7 @@ def batch_of(samples: list[dict]) -> dict:
 
 
 def test_training_loss_equals_hand_computation() -> None:
-    task = AutoencoderTask(**TINY, sample_posterior=False, kl_weight=0.1, rgb_weight=0.7, depth_weight=1.3)
+    task = tiny_task("autoencoder", sample_posterior=False, kl_weight=0.1, rgb_weight=0.7, depth_weight=1.3)
     batch = batch_of(make_samples(2))
     loss = task.training_step(batch, 0)
 
@@ -72,7 +70,7 @@ def test_default_architecture_fits_the_teacher() -> None:
 
 
 def test_round_trip_pads_odd_sizes_and_averages_channels() -> None:
-    task = AutoencoderTask(**TINY).eval()
+    task = tiny_task("autoencoder").eval()
     depth = torch.rand(2, 1, 20, 36) * 2 - 1
     out = task.reconstruct_depth(depth)
     assert out.shape == depth.shape
@@ -85,9 +83,9 @@ def test_round_trip_pads_odd_sizes_and_averages_channels() -> None:
 
 def test_validation_logs_depth_reconstruction_error() -> None:
     samples = make_samples(4)
-    task = AutoencoderTask(**TINY)
+    task = tiny_task("autoencoder")
     datamodule = DepthDataModule(train={"toy": samples}, val={"toy": samples}, val_batch_size=2, num_workers=0)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = trainer.callback_metrics
 
@@ -102,10 +100,8 @@ def test_validation_logs_depth_reconstruction_error() -> None:
 
 def test_checkpoint_round_trip_through_load_autoencoder(tmp_path: Path) -> None:
     samples = make_samples(4)
-    task = AutoencoderTask(**TINY, decay_steps=3, warmup_steps=1)
-    trainer = L.Trainer(
-        max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    task = tiny_task("autoencoder", decay_steps=3, warmup_steps=1)
+    trainer = quiet_trainer(max_steps=3)
     trainer.fit(task, train_dataloaders=DataLoader(samples, batch_size=2))
     path = tmp_path / "ae.ckpt"
     trainer.save_checkpoint(path)
@@ -116,8 +112,8 @@ def test_checkpoint_round_trip_through_load_autoencoder(tmp_path: Path) -> None:
     assert vae.config.scaling_factor == pytest.approx(task.estimated_scaling_factor())
     assert task.estimated_scaling_factor() != pytest.approx(1.0)  # the statistics were updated by training
 
-    fixed = AutoencoderTask(**TINY, scaling_factor=0.25)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    fixed = tiny_task("autoencoder", scaling_factor=0.25)
+    trainer = quiet_trainer(max_steps=1)
     trainer.fit(fixed, train_dataloaders=DataLoader(samples, batch_size=2))
     trainer.save_checkpoint(tmp_path / "fixed.ckpt")
     assert load_autoencoder(tmp_path / "fixed.ckpt").config.scaling_factor == 0.25

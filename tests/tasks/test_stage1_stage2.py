@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from data_fixtures import write_hypersim
 
 from d3epth.data import DepthDataModule, HypersimDataset
 from d3epth.models.depth_model import StudentDepthModel
-from d3epth.models.padding import pad_to_multiple
 from d3epth.tasks import LatentDistillationTask, PixelRefinementTask
-
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16}
-TEACHER = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults: tiny, random
+from tests.helpers.checkpoints import STUDENT, TEACHER, quiet_trainer
+from tests.helpers.data import write_hypersim
 
 
 @pytest.fixture(scope="module")
@@ -35,29 +31,8 @@ def datamodule_factory(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
-def trainer(tmp_path: Path, steps: int = 2) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-    )
-
-
-def test_pad_to_multiple_pads_bottom_right() -> None:
-    x = torch.arange(6.0).view(1, 1, 2, 3)
-    padded = pad_to_multiple(x, 4)
-    assert padded.shape == (1, 1, 4, 4)
-    assert torch.equal(padded[..., :2, :3], x)
-    assert torch.equal(padded[..., 3, :3], x[..., 1, :])  # replicated last row
-    mask = pad_to_multiple(torch.ones(1, 1, 2, 3, dtype=torch.bool), 4, value=False)
-    assert mask.dtype == torch.bool and mask.sum() == 6
+def trainer(tmp_path: Path, steps: int = 2):
+    return quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=1)
 
 
 def test_stage1_teacher_frozen_and_out_of_checkpoint(tmp_path: Path, datamodule_factory) -> None:
@@ -158,14 +133,8 @@ def test_stage2_starts_from_stage1_weights(tmp_path: Path, datamodule_factory) -
     assert differs, "stage-1 training should have moved some weights away from a fresh initialisation"
 
 
-def test_stage2_refuses_a_checkpoint_of_the_wrong_stage(tmp_path: Path, datamodule_factory) -> None:
-    from d3epth.tasks import TeacherTask
-
-    teacher_task = TeacherTask(teacher=TEACHER, mode="e2e")
-    fit = trainer(tmp_path, steps=1)
-    fit.fit(teacher_task, datamodule=datamodule_factory())
-    path = tmp_path / "teacher.ckpt"
-    fit.save_checkpoint(path)
+def test_stage2_refuses_a_checkpoint_of_the_wrong_stage(tmp_path: Path, tiny_checkpoint) -> None:
+    _, path = tiny_checkpoint("teacher", name="teacher.ckpt", teacher=TEACHER, mode="e2e")
     with pytest.raises(ValueError, match=r"init_from: .*teacher\.ckpt was written by TeacherTask, expected"):
         PixelRefinementTask(init_from=str(path))
     with pytest.raises(FileNotFoundError, match="init_from: checkpoint not found"):

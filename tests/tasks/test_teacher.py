@@ -1,21 +1,20 @@
-"""TeacherTask (Marigold diffusion objective, E2E-FT / D²epth end-to-end), multi-resolution noise and load_teacher."""
+"""TeacherTask (Marigold diffusion objective, E2E-FT / D²epth end-to-end) and load_teacher."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import write_hypersim, write_kitti, write_nyu, write_vkitti2
 
 from d3epth.models.noise import annealed_strength, multi_res_noise
 from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.models.teacher.sources import load_autoencoder, load_teacher
 from d3epth.tasks.teacher import TeacherTask
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"config": {"seed": 0}}  # DiffusionDepthTeacher.from_config defaults: UNet (32, 64), VAE factor 8
+from tests.helpers import CONF
+from tests.helpers.checkpoints import TEACHER
+from tests.helpers.data import write_hypersim, write_kitti, write_nyu, write_vkitti2
+from tests.tool_loader import load_tool
 
 
 def make_batch(batch: int = 2, height: int = 32, width: int = 32, seed: int = 0) -> dict:
@@ -40,43 +39,9 @@ def sd2_alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-# ---------------------------------------------------------------------------------------------------------- noise
-def test_multi_res_noise_has_unit_std_and_low_frequencies() -> None:
-    shape = (8, 4, 32, 32)
-    pyramid = multi_res_noise(shape, 0.9, generator=torch.Generator().manual_seed(0))
-    white = multi_res_noise(shape, 0.0, generator=torch.Generator().manual_seed(0))
-    assert pyramid.shape == shape
-    assert float(pyramid.std()) == pytest.approx(1.0, abs=1e-5)
-
-    def neighbour_correlation(x: torch.Tensor) -> float:
-        a, b = x[..., :, :-1].flatten(), x[..., :, 1:].flatten()
-        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
-
-    # Coarse levels make neighbouring values correlated; white noise is not.
-    assert neighbour_correlation(pyramid) > 0.2
-    assert abs(neighbour_correlation(white)) < 0.05
-
-
-def test_annealed_noise_at_t0_is_pure_gaussian() -> None:
-    shape = (3, 4, 16, 24)
-    t = torch.zeros(3, dtype=torch.long)
-    strength = annealed_strength(t, 1000, 0.9)
-    noise = multi_res_noise(shape, strength, generator=torch.Generator().manual_seed(7))
-    gaussian = torch.randn(shape, generator=torch.Generator().manual_seed(7))
-    torch.testing.assert_close(noise, gaussian / gaussian.std())
-    torch.testing.assert_close(annealed_strength(torch.tensor([0, 500, 999]), 1000), torch.tensor([0.0, 0.45, 0.8991]))
-
-
-def test_multi_res_noise_rejects_bad_shapes() -> None:
-    with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
-        multi_res_noise((4, 16, 16))
-    with pytest.raises(ValueError, match="strength has 2 values"):
-        multi_res_noise((3, 4, 8, 8), torch.ones(2))
-
-
 # ------------------------------------------------------------------------------------------------ diffusion mode
 def test_v_target_matches_formula() -> None:
-    task = TeacherTask(TINY, rescale_betas_zero_snr=False)
+    task = TeacherTask(TEACHER, rescale_betas_zero_snr=False)
     alpha_bar = sd2_alphas_cumprod()
     assert float(alpha_bar[999]) == pytest.approx(0.004660, abs=1e-5)  # SD2's scaled_linear betas 0.00085 → 0.012
     g = torch.Generator().manual_seed(1)
@@ -85,12 +50,12 @@ def test_v_target_matches_formula() -> None:
     a = alpha_bar[t].float().view(-1, 1, 1, 1)
     torch.testing.assert_close(task.diffusion_target(z0, eps, t), a.sqrt() * eps - (1 - a).sqrt() * z0)
     # Zero terminal SNR (Marigold v1-1): ᾱ_999 = 0, so the v-target at t = 999 is -z0.
-    zsnr = TeacherTask(TINY, rescale_betas_zero_snr=True)
+    zsnr = TeacherTask(TEACHER, rescale_betas_zero_snr=True)
     torch.testing.assert_close(zsnr.diffusion_target(z0, eps, torch.full((3,), 999)), -z0)
 
 
 def test_diffusion_loss_equals_hand_computation() -> None:
-    task = TeacherTask(TINY, rescale_betas_zero_snr=False)
+    task = TeacherTask(TEACHER, rescale_betas_zero_snr=False)
     batch = make_batch()
     t = torch.tensor([37, 902])
     noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
@@ -113,7 +78,7 @@ def test_diffusion_loss_equals_hand_computation() -> None:
 
 
 def test_diffusion_training_step_draws_marigold_noise_and_timesteps() -> None:
-    task = TeacherTask(TINY)
+    task = TeacherTask(TEACHER)
     batch = make_batch()
     torch.manual_seed(5)
     loss = task.training_step(batch, 0)
@@ -125,7 +90,7 @@ def test_diffusion_training_step_draws_marigold_noise_and_timesteps() -> None:
 
 
 def test_vae_is_frozen_and_outside_the_optimiser() -> None:
-    task = TeacherTask(TINY, decay_steps=10)
+    task = TeacherTask(TEACHER, decay_steps=10)
     loss, _ = task.diffusion_loss(make_batch())
     loss.backward()
     assert all(p.grad is None for p in task.teacher.vae.parameters())
@@ -142,7 +107,7 @@ def test_vae_is_frozen_and_outside_the_optimiser() -> None:
 # ------------------------------------------------------------------------------------------------------ e2e mode
 @pytest.mark.parametrize("loss", ["ssi", "hybrid"])
 def test_e2e_gradients_reach_unet_through_frozen_decoder(loss: str) -> None:
-    task = TeacherTask(TINY, mode="e2e", loss=loss)
+    task = TeacherTask(TEACHER, mode="e2e", loss=loss)
     total, _ = task.e2e_loss(make_batch())
     total.backward()
     assert all(p.grad is None for p in task.teacher.vae.parameters())
@@ -154,7 +119,7 @@ def test_e2e_gradients_reach_unet_through_frozen_decoder(loss: str) -> None:
 def test_e2e_loss_vanishes_for_affine_target() -> None:
     batch = make_batch()
     for loss in ("ssi", "hybrid"):
-        task = TeacherTask(TINY, mode="e2e", loss=loss, loss_kwargs={"reduction": "image"})
+        task = TeacherTask(TEACHER, mode="e2e", loss=loss, loss_kwargs={"reduction": "image"})
         with torch.no_grad():
             pred = task.e2e_prediction(batch["image"])
         assert float(pred.std()) > 1e-3  # a non-constant prediction, so the alignment is well posed
@@ -172,7 +137,7 @@ def test_e2e_loss_vanishes_for_affine_target() -> None:
 
 
 def test_hybrid_weighting_parameters_are_optimised_without_decay() -> None:
-    task = TeacherTask(TINY, mode="e2e", loss="hybrid", optimizer="adamw", weight_decay=0.01, decay_steps=10)
+    task = TeacherTask(TEACHER, mode="e2e", loss="hybrid", optimizer="adamw", weight_decay=0.01, decay_steps=10)
     optimizer = task.configure_optimizers()["optimizer"]
     groups = {group["name"]: group for group in optimizer.param_groups}
     weighting = list(task.loss_fn.weighting.parameters())
@@ -184,11 +149,11 @@ def test_hybrid_weighting_parameters_are_optimised_without_decay() -> None:
 
 def test_invalid_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
-        TeacherTask(TINY, mode="lotus")
+        TeacherTask(TEACHER, mode="lotus")
     with pytest.raises(ValueError, match="takes loss in"):
-        TeacherTask(TINY, mode="diffusion", loss="ssi")
+        TeacherTask(TEACHER, mode="diffusion", loss="ssi")
     with pytest.raises(ValueError, match="multiples of the VAE factor 8"):
-        TeacherTask(TINY).diffusion_loss(make_batch(height=36))
+        TeacherTask(TEACHER).diffusion_loss(make_batch(height=36))
 
 
 # ---------------------------------------------------------------------------------------------------- load_teacher
@@ -227,52 +192,21 @@ def write_sample(root: Path) -> None:
     write_kitti(root / "kitti", n=2, size=(32, 48))
 
 
-def small_run(tmp_path: Path, stage: str, body: str) -> Path:
-    """A config on top of configs/sample/<stage>.yaml with tiny sizes, two optimiser steps and its own log dir."""
-    data = (
-        "data:\n  init_args:\n"
-        "    train:\n"
-        "      hypersim: {init_args: {resize: [32, 32]}}\n"
-        "      vkitti2: {init_args: {resize: [16, 32]}}\n"
-        "    val:\n"
-        "      hypersim: {init_args: {resize: [32, 32]}}\n"
-        "      nyu: {init_args: {resize: [32, 32]}}\n"
-        "    batch_size: 2\n"
-        "    val_batch_size: 2\n"
-    )
-    trainer = (
-        f"run_name: {stage}\nlogger: {{save_dir: {tmp_path / 'logs'}}}\nlast_checkpoint_every_n_steps: 1\n"
-        "trainer: {max_steps: 2, val_check_interval: 2, limit_val_batches: 1, enable_progress_bar: false,\n"
-        "          enable_model_summary: false}\n"
-    )
-    path = tmp_path / f"{stage}.yaml"
-    path.write_text(f"base: [{REPO / 'configs' / 'sample' / stage}.yaml]\n{trainer}{data}{body}")
-    return path
-
-
 def fit(config: Path, *overrides: str) -> None:
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        from fit import main
-    finally:
-        sys.path.remove(str(REPO / "tools"))
-    assert main(["--config", str(config), *overrides]) == 0
+    assert load_tool("fit").main(["--config", str(config), *overrides]) == 0
 
 
 def test_fit_autoencoder_then_teacher_then_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_sample(tmp_path / "data")
     monkeypatch.setenv("D3EPTH_SAMPLE_ROOT", str(tmp_path / "data"))
+    monkeypatch.setenv("D3EPTH_TEST_LOGS", str(tmp_path / "logs"))
     monkeypatch.chdir(tmp_path)
 
-    fit(small_run(tmp_path, "autoencoder", "model: {init_args: {block_out_channels: [8, 8, 8, 8]}}\n"))
+    fit(CONF / "autoencoder_tiny.yaml")
     ae_ckpt = tmp_path / "logs" / "autoencoder" / "version_0" / "checkpoints" / "last.ckpt"
     assert ae_ckpt.is_file()
 
-    teacher_body = (
-        "model:\n  init_args:\n    teacher:\n      config: {block_out_channels: [32, 32], seed: 0}\n"
-        f"      vae_from: {ae_ckpt}\n"
-    )
-    fit(small_run(tmp_path, "teacher", teacher_body))
+    fit(CONF / "teacher_tiny.yaml", f"model.init_args.teacher.vae_from={ae_ckpt}")
     ckpt = tmp_path / "logs" / "teacher" / "version_0" / "checkpoints" / "last.ckpt"
 
     # The teacher carries the trained autoencoder as its (frozen) VAE, scaling factor included.
