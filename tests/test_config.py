@@ -190,3 +190,11 @@ def test_keys_passed_through_kwargs_to_the_base_class_are_validated(tmp_path: Pa
     bad = write(tmp_path / "bad.yaml", node + "    lrr: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown key 'lrr' in 'model.init_args'; did you mean 'lr'\?"):
         load_config(bad)
+
+
+def test_the_tests_own_configs_are_valid() -> None:
+    """Every YAML under tests/conf loads and validates (sample_tiny.yaml is an overlay, valid on a stage config)."""
+    paths = sorted(p for p in CONF.rglob("*.yaml") if p.name != "sample_tiny.yaml")
+    assert len(paths) >= 10
+    for path in paths:
+        load_config(path)

@@ -14,7 +14,8 @@ from diffusers import MarigoldDepthPipeline
 from d3epth.models import DiffusionDepthTeacher
 from d3epth.models.export import load_student
 from d3epth.tasks import PixelRefinementTask
-from tests.helpers.checkpoints import rand_image, save_task, student, tiny_task
+from tests.helpers.checkpoints import save_task, student, tiny_task
+from tests.helpers.tensors import rand_image
 from tests.tool_loader import load_tool
 
 export = load_tool("export")

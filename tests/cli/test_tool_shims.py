@@ -11,10 +11,20 @@ import pytest
 from d3epth.config import instantiate, load_config
 from tests.tool_loader import TOOLS, load_tool
 
-TOOL_NAMES = ("fit", "evaluate", "predict", "export", "quickstart")
+TOOL_NAMES = tuple(sorted(path.stem for path in TOOLS.glob("*.py")))
+#: Tools whose parser does not yet name itself tools/<name>.py in --help (it prints ``usage: __main__.py``).
+UNNAMED_PROG = ("make_sample_data", "prepare_hypersim")
 
 
-@pytest.mark.parametrize("name", TOOL_NAMES)
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(reason="argparse prog is not tools/<name>.py"))
+        if name in UNNAMED_PROG
+        else name
+        for name in TOOL_NAMES
+    ],
+)
 def test_tool_is_a_shim_around_its_cli_module(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     tree = ast.parse((TOOLS / f"{name}.py").read_text())
     docstring = ast.get_docstring(tree)
@@ -52,3 +62,19 @@ def test_config_naming_the_old_trainer_path_still_builds(tmp_path: Path) -> None
     cfg = load_config(config)
     callback = instantiate(cfg.callbacks[0])
     assert type(callback).__module__ == "d3epth.cli.trainer" and callback.yaml == "a: 1\n"
+
+
+def test_tests_reach_tools_only_through_the_loader() -> None:
+    """No test imports tools/ as a package or edits sys.path: tests.tool_loader or d3epth.cli.<name> only."""
+    tests = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            where = f"{path.relative_to(tests)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                offenders += [f"{where} import {a.name}" for a in node.names if a.name.split(".")[0] == "tools"]
+            elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "tools":
+                offenders.append(f"{where} from {node.module} import ...")
+            elif isinstance(node, ast.Attribute) and ast.unparse(node) in ("sys.path.insert", "sys.path.append"):
+                offenders.append(f"{where} {ast.unparse(node)}")
+    assert TOOL_NAMES and not offenders, offenders

@@ -30,11 +30,6 @@ def student(*heads: str) -> dict[str, Any]:
     return {**STUDENT, "heads": list(heads)} if heads else dict(STUDENT)
 
 
-def rand_image(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """A seeded random image batch ``[B, 3, H, W]`` in [-1, 1]."""
-    return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 2 - 1
-
-
 def tiny_task(kind: str, seed: int | None = None, **kwargs: Any) -> L.LightningModule:
     """A tiny untrained task of ``kind`` (see :data:`KINDS`); ``kwargs`` override its constructor arguments.
 

@@ -14,9 +14,10 @@ import torch
 
 from d3epth.models import DepthStudent, DiffusionDepthTeacher
 from d3epth.models.export import save_student
+from tests.helpers import REPO
+from tests.helpers.checkpoints import student
 
-ROOT = Path(__file__).resolve().parents[2]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["latent", "depth"]}
+STUDENT = student("latent", "depth")
 
 #: Run in a fresh interpreter: load the exported student both ways, predict, report what got imported.
 SCRIPT = textwrap.dedent(
@@ -55,13 +56,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("decoder", ["light", "vae"])
 def test_exported_student_predicts_without_lightning(exported: dict[str, Path], decoder: str) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(exported[decoder])],
         capture_output=True,
         text=True,
         env=env,
-        cwd=ROOT,
+        cwd=REPO,
         timeout=300,
         check=False,
     )

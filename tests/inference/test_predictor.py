@@ -9,28 +9,21 @@ import pytest
 import torch
 from diffusers import MarigoldDepthPipeline
 
+import d3epth.inference as inference
 from d3epth.errors import CheckpointError
-from d3epth.inference import (
-    DepthPredictor,
-    ModuleDepthPredictor,
-    TeacherDepthPredictor,
-    load_predictor,
-    load_student_checkpoint,
-    load_task,
-    processing_size,
-    student_model_from_task,
-)
+from d3epth.inference import load_predictor
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.tasks import PixelRefinementTask
 from d3epth.tasks.stage1 import LatentDistillationTask
-from tests.helpers.checkpoints import rand_image, save_task, tiny_task
+from tests.helpers.checkpoints import save_task, tiny_task
+from tests.helpers.tensors import rand_image
 
 
 # ----------------------------------------------------------------------------------------------------------- sources
 def test_stage2_checkpoint_predicts_like_the_task(stage2: tuple[PixelRefinementTask, Path]) -> None:
     task, path = stage2
     predictor = load_predictor(path)
-    assert isinstance(predictor, ModuleDepthPredictor) and isinstance(predictor.model, StudentDepthModel)
+    assert isinstance(predictor, inference.ModuleDepthPredictor) and isinstance(predictor.model, StudentDepthModel)
     assert predictor.model.pixel_decoder == "light"
     assert predictor.kind == "depth" and predictor.name.endswith("last") and predictor.source == str(path)
     assert predictor.size_multiple == task.student.pad_multiple(("depth",)) == 32
@@ -73,7 +66,7 @@ def test_stage2_vae_checkpoint_is_the_student_with_the_teacher_vae(
     """The predictor holds only what runs (student + VAE decoder, no UNet) and computes the task's own depth."""
     task = tiny_task("stage2_vae", seed=2, student=None, init_from=str(stage1[1])).eval()
     path = save_task(task, tmp_path / "stage2_vae.ckpt")
-    model, kwargs, name = load_student_checkpoint(path)
+    model, kwargs, name = inference.load_student_checkpoint(path)
     assert name == "PixelRefinementTask" and kwargs == dict(task.hparams["student"])
     assert model.pixel_decoder == "vae" and not model.training
     predictor = load_predictor(path)
@@ -89,9 +82,9 @@ def test_stage2_vae_checkpoint_is_the_student_with_the_teacher_vae(
 
 
 def test_load_task_rebuilds_the_task_the_registry_names(stage1: tuple[LatentDistillationTask, Path]) -> None:
-    task = load_task(stage1[1])
+    task = inference.load_task(stage1[1])
     assert type(task) is LatentDistillationTask and not task.training
-    model, kwargs = student_model_from_task(task)
+    model, kwargs = inference.student_model_from_task(task)
     assert model.pixel_decoder == "vae" and kwargs == dict(stage1[0].hparams["student"])
     image = rand_image(1, 19, 30)
     with torch.no_grad():
@@ -108,7 +101,7 @@ def test_student_checkpoint_that_does_not_match_its_student(
         load_predictor(tmp_path / "changed.ckpt")
     torch.save({"d3epth_task": "TeacherTask", "state_dict": {}, "hyper_parameters": {}}, tmp_path / "t.ckpt")
     with pytest.raises(CheckpointError, match=r"written by TeacherTask, expected .* LatentDistillationTask or Pixel"):
-        load_student_checkpoint(tmp_path / "t.ckpt")
+        inference.load_student_checkpoint(tmp_path / "t.ckpt")
 
 
 def test_teacher_task_checkpoint_is_a_diffusion_predictor(tmp_path: Path) -> None:
@@ -117,7 +110,7 @@ def test_teacher_task_checkpoint_is_a_diffusion_predictor(tmp_path: Path) -> Non
         task.teacher.unet.conv_out.bias.add_(0.3)
     path = save_task(task, tmp_path / "teacher.ckpt")
     predictor = load_predictor(path)
-    assert isinstance(predictor, TeacherDepthPredictor)
+    assert isinstance(predictor, inference.TeacherDepthPredictor)
     image = rand_image(1, 24, 16)
     expected = task.teacher.freeze().predict_depth(image, num_steps=1).depth
     torch.testing.assert_close(predictor.predict(image), expected, rtol=1e-6, atol=1e-6)
@@ -125,9 +118,9 @@ def test_teacher_task_checkpoint_is_a_diffusion_predictor(tmp_path: Path) -> Non
 
 def test_processing_resolution_runs_the_model_at_the_rounded_size(stage2: tuple[PixelRefinementTask, Path]) -> None:
     # 60x100 at 50 with multiple 32: scale 0.5 -> 30 x 50 -> rounded to 32 x 64; back to 60x100 afterwards.
-    assert processing_size(60, 100, 50, 32) == (32, 64)
-    assert processing_size(375, 1242, 768, 32) == (224, 768)  # 231.9 -> 224
-    assert processing_size(10, 10, 4, 32) == (32, 32)  # never below one multiple
+    assert inference.processing_size(60, 100, 50, 32) == (32, 64)
+    assert inference.processing_size(375, 1242, 768, 32) == (224, 768)  # 231.9 -> 224
+    assert inference.processing_size(10, 10, 4, 32) == (32, 32)  # never below one multiple
     predictor = load_predictor(stage2[1], processing_resolution=50)
     seen: list[tuple[int, ...]] = []
     handle = predictor.model.student.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
@@ -141,7 +134,7 @@ def test_processing_resolution_runs_the_model_at_the_rounded_size(stage2: tuple[
 
 def test_diffusers_directory_matches_marigold_pipeline(tiny_marigold_dir: Path) -> None:
     predictor = load_predictor(tiny_marigold_dir)
-    assert isinstance(predictor, TeacherDepthPredictor) and predictor.num_steps == 1
+    assert isinstance(predictor, inference.TeacherDepthPredictor) and predictor.num_steps == 1
     image = rand_image(1, 24, 40)
     depth = predictor.predict(image)
     # Independent reference: diffusers' own pipeline, one step from zero latents (E2E-FT), native resolution.
@@ -217,6 +210,6 @@ def test_checkpoint_of_the_wrong_kind(tmp_path: Path, tiny_checkpoint) -> None:
 
 
 def test_bad_image_shape(stage2: tuple[PixelRefinementTask, Path]) -> None:
-    predictor: DepthPredictor = load_predictor(stage2[1])
+    predictor: inference.DepthPredictor = load_predictor(stage2[1])
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         predictor.predict(torch.zeros(1, 4, 8, 8))

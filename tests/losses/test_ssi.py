@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from d3epth.losses.ssi import SSILoss, align_prediction, compute_scale_and_shift, ssi_loss
+from tests.helpers.tensors import depth_inputs
 
 
 def _inputs(seed: int = 0, batch: int = 3, size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -185,12 +186,7 @@ def test_float64_inputs_stay_float64() -> None:
     ],
 )
 def test_bad_inputs_raise(kwargs: dict, message: str) -> None:
-    arguments = {
-        "pred": torch.rand(2, 1, 8, 8),
-        "target": torch.rand(2, 1, 8, 8),
-        "mask": torch.ones(2, 1, 8, 8, dtype=torch.bool),
-    }
-    arguments.update(kwargs)
+    arguments = {**depth_inputs(8), **kwargs}
     with pytest.raises(ValueError, match=message):
         ssi_loss(**arguments)
 

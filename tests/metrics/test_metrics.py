@@ -31,6 +31,8 @@ from d3epth.metrics import (
     fit_scale_shift,
     get_benchmark,
 )
+from tests.helpers.checkpoints import quiet_trainer
+from tests.helpers.tensors import depth_inputs
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Independent numpy reference (Marigold eval.py + metric.py semantics, one image at a time)
@@ -178,13 +180,7 @@ def test_alignment_max_resolution_fits_on_nearest_downsampled_copy() -> None:
     ],
 )
 def test_align_rejects_bad_input(kwargs: dict, match: str) -> None:
-    args = {
-        "pred": torch.ones(2, 1, 4, 4),
-        "target": torch.ones(2, 1, 4, 4),
-        "mask": torch.ones(2, 1, 4, 4, dtype=torch.bool),
-        "space": "depth",
-    }
-    args.update(kwargs)
+    args = {**depth_inputs(4, fill=1.0), "space": "depth", **kwargs}
     with pytest.raises(ValueError, match=match):
         align(args["pred"], args["target"], args["mask"], args["space"])
 
@@ -467,13 +463,7 @@ class _LogModule(L.LightningModule):
 
 def test_lightning_log_dict_reports_per_epoch_values() -> None:
     module = _LogModule()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer()
     for seed in (11, 12):  # the second run must not include the first run's images
         pred, gt, valid = _random_batch(seed, batch=4)
         loader = DataLoader(TensorDataset(pred.float(), gt.float(), valid), batch_size=2)

@@ -13,7 +13,8 @@ from d3epth.models.depth_model import StudentDepthModel, decode_depth_latent
 from d3epth.models.export import is_exported_student, load_student, read_export_config, save_student
 from d3epth.tasks import PixelRefinementTask
 from d3epth.tasks.stage1 import LatentDistillationTask
-from tests.helpers.checkpoints import rand_image, student
+from tests.helpers.checkpoints import student
+from tests.helpers.tensors import rand_image
 
 
 def test_exported_student_round_trip(tmp_path: Path, stage2: tuple[PixelRefinementTask, Path]) -> None:

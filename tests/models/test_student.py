@@ -15,6 +15,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from d3epth.models.decoder import DepthHead, FPNDecoder
 from d3epth.models.student import HEADS, DepthStudent
+from tests.helpers.checkpoints import STUDENT
 
 FEATURE_CHANNELS = [8, 12, 20]
 FEATURE_STRIDES = [8, 16, 64]
@@ -243,7 +244,7 @@ def test_tanh_depth_is_tanh_of_unbounded_depth() -> None:
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs: dict, message: str) -> None:
-    kwargs = {"backbone": "test_efficientnet", "decoder_channels": 16, **kwargs}
+    kwargs = {**STUDENT, **kwargs}
     with pytest.raises(ValueError, match=message):
         DepthStudent(**kwargs)
 
