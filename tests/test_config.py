@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from d3epth import config
 from d3epth.config import ConfigError, instantiate, load_config
+from tests.helpers import CONF, REPO
 
 MODEL = {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {"monitor": "val/abs_rel"}}
 
@@ -19,29 +20,10 @@ def write(path: Path, text: str) -> Path:
 
 
 @pytest.fixture
-def configs(tmp_path: Path) -> Path:
-    """base.yaml <- mid.yaml <- run.yaml, with a nested class node and an env interpolation."""
-    write(
-        tmp_path / "base.yaml",
-        "seed_everything: 1\ntrainer:\n  max_steps: 100\n  log_every_n_steps: 5\nlogger:\n  save_dir: logs\n",
-    )
-    write(tmp_path / "sub" / "mid.yaml", "base: ../base.yaml\ntrainer:\n  max_steps: 50\n  precision: 32-true\n")
-    write(
-        tmp_path / "sub" / "run.yaml",
-        """base: [mid.yaml]
-model:
-  class_path: lightning.pytorch.callbacks.EarlyStopping
-  init_args:
-    monitor: "${oc.env:D3EPTH_TEST_MONITOR,val/abs_rel}"
-    patience: 3
-data:
-  class_path: lightning.pytorch.callbacks.LearningRateMonitor
-  init_args: {logging_interval: step}
-trainer:
-  max_steps: 20
-""",
-    )
-    return tmp_path / "sub" / "run.yaml"
+def configs() -> Path:
+    """tests/conf/config/sub/run.yaml: base.yaml <- sub/mid.yaml <- sub/run.yaml, with a nested class node and an env
+    interpolation."""
+    return CONF / "config" / "sub" / "run.yaml"
 
 
 def test_base_inheritance_merges_underneath_in_order(configs: Path) -> None:
@@ -84,11 +66,11 @@ class Holder:
 
 
 def test_instantiate_builds_nested_class_nodes_first(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "ALLOWED_PREFIXES", (*config.ALLOWED_PREFIXES, "test_config."))
+    monkeypatch.setattr(config, "ALLOWED_PREFIXES", (*config.ALLOWED_PREFIXES, "tests.test_config."))
     lr_monitor = {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"}
     node = OmegaConf.create(
         {
-            "class_path": "test_config.Holder",
+            "class_path": "tests.test_config.Holder",
             "init_args": {"items": {"a": MODEL, "b": 3}, "first": lr_monitor, "values": [lr_monitor, "x"]},
         }
     )
@@ -110,7 +92,7 @@ def test_misspelt_trainer_key_names_key_and_suggestion(configs: Path) -> None:
 
 
 def test_misspelt_key_in_file_names_the_file(configs: Path, tmp_path: Path) -> None:
-    bad = write(tmp_path / "bad.yaml", "base: sub/run.yaml\nmodel:\n  init_args:\n    patiense: 2\n")
+    bad = write(tmp_path / "bad.yaml", f"base: {configs}\nmodel:\n  init_args:\n    patiense: 2\n")
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     message = str(err.value)
@@ -191,7 +173,7 @@ def test_unparsable_yaml_names_the_file(tmp_path: Path) -> None:
 
 def test_repository_configs_are_valid() -> None:
     """Every YAML under configs/ (except the base files, which are partial) loads and validates."""
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = REPO / "configs"
     assert (root / "base.yaml").is_file()
     base = load_config(root / "base.yaml")
     assert base.trainer.use_distributed_sampler is False
@@ -208,3 +190,11 @@ def test_keys_passed_through_kwargs_to_the_base_class_are_validated(tmp_path: Pa
     bad = write(tmp_path / "bad.yaml", node + "    lrr: 0.1\n")
     with pytest.raises(ConfigError, match=r"unknown key 'lrr' in 'model.init_args'; did you mean 'lr'\?"):
         load_config(bad)
+
+
+def test_the_tests_own_configs_are_valid() -> None:
+    """Every YAML under tests/conf loads and validates (sample_tiny.yaml is an overlay, valid on a stage config)."""
+    paths = sorted(p for p in CONF.rglob("*.yaml") if p.name != "sample_tiny.yaml")
+    assert len(paths) >= 10
+    for path in paths:
+        load_config(path)
