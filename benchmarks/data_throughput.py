@@ -2,7 +2,7 @@
 
 Reads Hypersim in Marigold's preprocessed layout through the real ``HypersimDataset`` + ``DepthDataModule`` path
 (decode PNGs, resize to 480x640, flip, 2 %/98 % normalisation, collate). By default it first writes a temporary set
-of native-size (768x1024) frames with ``tests/data_fixtures.py``; ``--root sample_data/hypersim`` reads generated
+of native-size (768x1024) frames with ``tests/helpers/data.py``; ``--root sample_data/hypersim`` reads generated
 sample data instead.
 
     python benchmarks/data_throughput.py                      # temporary 768x1024 set, workers 0 1 2
@@ -43,8 +43,8 @@ def cpu_name() -> str:
 
 def write_temporary_set(root: Path, n: int, size: tuple[int, int]) -> Path:
     """Write ``n`` Hypersim-layout training frames of ``size`` under ``root`` with the test fixture writer."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from data_fixtures import write_hypersim  # tests/ is not a package: importable once on sys.path
+    sys.path.insert(0, str(REPO))
+    from tests.helpers.data import write_hypersim  # the tests' data writers; tests/ is a package under the repo
 
     write_hypersim(root / "hypersim", {"train": n}, size=size, seed=0)
     return root / "hypersim"

@@ -163,12 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from data_fixtures import write_hypersim  # tests/ is not a package: importable once on sys.path
-
+    sys.path.insert(0, str(REPO))
     # After HF_HUB_OFFLINE is set: huggingface_hub reads it when diffusers is first imported.
     from d3epth.data.teacher_cache import TeacherCache, teacher_fingerprint
     from d3epth.tasks import LatentDistillationTask
+    from tests.helpers.data import write_hypersim  # the tests' data writers; tests/ is a package under the repo
 
     with tempfile.TemporaryDirectory(prefix="teacher_cache_speed_") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)

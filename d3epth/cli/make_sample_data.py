@@ -33,7 +33,11 @@ from d3epth.data.synthetic.contact_sheet import DATASETS, make_contact_sheet
 # --------------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface; sizes are ``WIDTH HEIGHT``."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/make_sample_data.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--out", default="sample_data", help="output root (default sample_data)")
     p.add_argument("--seed", type=int, default=0, help="base seed; same seed gives identical files (default 0)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")

@@ -32,7 +32,11 @@ from d3epth.data.prepare.hypersim import (
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface (Marigold's underscore spellings are accepted as aliases)."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="tools/prepare_hypersim.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--dataset-dir", "--dataset_dir", required=True, help="raw Hypersim root (ai_VVV_NNN folders)")
     p.add_argument("--output-dir", "--output_dir", required=True, help="destination of the preprocessed layout")
     p.add_argument("--split-csv", "--split_csv", default=None, help=f"split CSV (default <dataset-dir>/{CSV_NAME})")

@@ -12,19 +12,9 @@ from d3epth.config import instantiate, load_config
 from tests.tool_loader import TOOLS, load_tool
 
 TOOL_NAMES = tuple(sorted(path.stem for path in TOOLS.glob("*.py")))
-#: Tools whose parser does not yet name itself tools/<name>.py in --help (it prints ``usage: __main__.py``).
-UNNAMED_PROG = ("make_sample_data", "prepare_hypersim")
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason="argparse prog is not tools/<name>.py"))
-        if name in UNNAMED_PROG
-        else name
-        for name in TOOL_NAMES
-    ],
-)
+@pytest.mark.parametrize("name", TOOL_NAMES)
 def test_tool_is_a_shim_around_its_cli_module(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     tree = ast.parse((TOOLS / f"{name}.py").read_text())
     docstring = ast.get_docstring(tree)
