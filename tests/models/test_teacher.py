@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -411,21 +409,6 @@ def test_replace_changes_one_setting_and_shares_modules(teacher: DiffusionDepthT
     assert {k: v for k, v in new.items() if not k.startswith("_")} == {
         k: v for k, v in old.items() if not k.startswith("_")
     }
-
-
-def test_teacher_package_imports_without_lightning_or_tasks() -> None:
-    code = (
-        "import sys\n"
-        "from d3epth.models.teacher import (DepthPrediction, DiffusionDepthTeacher, EMPTY_TEXT_EMBEDDING_FILE,\n"
-        "    SD2_SCHEDULER_CONFIG, OneStepPrediction, build_autoencoder, compute_empty_text_embedding,\n"
-        "    load_autoencoder, load_empty_text_embedding, load_teacher, save_empty_text_embedding,\n"
-        "    teacher_architecture, widen_conv_in)\n"
-        "import d3epth.models.export\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')\n"
-        "             or m.startswith('d3epth.tasks'))\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_freeze_is_sticky(tiny_marigold_dir: Path) -> None:
