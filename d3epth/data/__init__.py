@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from d3epth.data.base import BaseDepthDataset
-    from d3epth.data.datamodule import AugmentedDataset, DepthDataModule, collate_samples
+    from d3epth.data.datamodule import AugmentedDataset, DepthDataModule
     from d3epth.data.hypersim import HypersimDataset
     from d3epth.data.kitti import KITTIDataset
     from d3epth.data.nyu import NYUv2Dataset
+    from d3epth.data.sample import collate_samples
     from d3epth.data.sampler import MixedBatchSampler
     from d3epth.data.transforms import Compose, HorizontalFlip, KBCrop, RandomCrop, Resize, normalize_depth
     from d3epth.data.vkitti2 import VirtualKITTI2Dataset
@@ -34,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "RandomCrop": "transforms",
     "Resize": "transforms",
     "VirtualKITTI2Dataset": "vkitti2",
-    "collate_samples": "datamodule",
+    "collate_samples": "sample",
     "normalize_depth": "transforms",
 }
 

@@ -41,11 +41,10 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
-from torch.utils.data._utils.collate import default_collate
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.hypersim import HypersimDataset
-from d3epth.data.sample import FLIP_PAIRS, Sample
+from d3epth.data.sample import FLIP_PAIRS, Sample, collate_samples
 from d3epth.data.sampler import MixedBatchSampler, default_rank_world
 from d3epth.data.teacher_cache import TeacherCache, check_cacheable
 from d3epth.data.transforms import Compose, HorizontalFlip, Transform
@@ -54,25 +53,6 @@ from d3epth.data.vkitti2 import VirtualKITTI2Dataset
 #: Marigold's training mix (``prob_ls: [0.9, 0.1]``), used when ``train_probabilities`` is not given and the
 #: training sets are one Hypersim and one Virtual KITTI 2 set.
 MARIGOLD_MIX: dict[type, float] = {HypersimDataset: 0.9, VirtualKITTI2Dataset: 0.1}
-
-
-def collate_samples(samples: list[Sample]) -> dict[str, Any]:
-    """Stack sample dicts into a batch dict (strings become lists), with a clear error for mismatched sizes."""
-    first = samples[0]
-    for sample in samples[1:]:
-        if sample.keys() != first.keys():
-            raise ValueError(
-                f"cannot batch samples with different keys: {sorted(first)} ({first.get('path')}) vs "
-                f"{sorted(sample)} ({sample.get('path')})"
-            )
-        for key, value in first.items():
-            other = sample[key]
-            if isinstance(value, torch.Tensor) and value.shape != other.shape:
-                raise ValueError(
-                    f"cannot batch '{key}' of shape {tuple(value.shape)} ({first.get('path')}) with "
-                    f"{tuple(other.shape)} ({sample.get('path')}); give the dataset a fixed 'resize' (or kb_crop)"
-                )
-    return default_collate(samples)
 
 
 class AugmentedDataset(Dataset):

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import default_collate
 
 __all__ = [
     "FLIP_PAIRS",
@@ -36,6 +37,7 @@ __all__ = [
     "REQUIRED_KEYS",
     "KeySpec",
     "Sample",
+    "collate_samples",
 ]
 
 #: A sample dict (see the module docstring for its keys).
@@ -78,3 +80,22 @@ OPTIONAL_KEYS: dict[str, KeySpec] = {
 #: :class:`~d3epth.data.transforms.HorizontalFlip` swaps the two instead of mirroring them; the datamodule drops the
 #: partner after augmentation.
 FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped"}
+
+
+def collate_samples(samples: list[Sample]) -> dict[str, Any]:
+    """Stack sample dicts into a batch dict (strings become lists), with a clear error for mismatched sizes."""
+    first = samples[0]
+    for sample in samples[1:]:
+        if sample.keys() != first.keys():
+            raise ValueError(
+                f"cannot batch samples with different keys: {sorted(first)} ({first.get('path')}) vs "
+                f"{sorted(sample)} ({sample.get('path')})"
+            )
+        for key, value in first.items():
+            other = sample[key]
+            if isinstance(value, torch.Tensor) and value.shape != other.shape:
+                raise ValueError(
+                    f"cannot batch '{key}' of shape {tuple(value.shape)} ({first.get('path')}) with "
+                    f"{tuple(other.shape)} ({sample.get('path')}); give the dataset a fixed 'resize' (or kb_crop)"
+                )
+    return default_collate(samples)

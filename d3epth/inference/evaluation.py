@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from d3epth.data.sample import collate_samples
 from d3epth.metrics import benchmark_metrics
 
 __all__ = ["evaluate", "format_table", "time_per_image"]
@@ -50,8 +51,6 @@ def evaluate(
     Returns:
         ``{set name: {metric: value, ..., "num_images": n}}``; metric values are fractions (AbsRel 0.052 = 5.2 %).
     """
-    from d3epth.data import collate_samples  # d3epth.data holds the (Lightning) datamodule too: import it here
-
     results: dict[str, dict[str, float]] = {}
     for name, dataset in datasets.items():
         metrics = benchmark_metrics(name, alignment, (benchmarks or {}).get(name)).to(device)
