@@ -7,6 +7,8 @@ wrong one with a message instead of a shape mismatch.
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,12 +19,14 @@ from d3epth.errors import CheckpointError, MissingFileError
 
 __all__ = [
     "AUTOENCODER",
+    "COMPLETED_MARKER",
     "STUDENT",
     "TASKS",
     "TASK_KEY",
     "TEACHER",
     "TaskInfo",
     "load_task_checkpoint",
+    "resolve_run_checkpoint",
     "sub_state_dict",
     "tasks_with",
 ]
@@ -35,7 +39,7 @@ def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: s
     """Read a d3epth Lightning checkpoint on the CPU and check which task wrote it.
 
     Args:
-        path: ``.ckpt`` file.
+        path: ``.ckpt`` file, or a run directory (see :func:`resolve_run_checkpoint`).
         accepted: task class names whose checkpoints are acceptable here.
         purpose: what the checkpoint is for, for the error message (e.g. ``"model.init_args.init_from"``).
 
@@ -46,7 +50,7 @@ def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: s
         MissingFileError: no such file.
         CheckpointError: not a d3epth checkpoint, or one written by another task (stage).
     """
-    path = Path(path)
+    path = resolve_run_checkpoint(path, purpose)
     if not path.is_file():
         raise MissingFileError(f"{purpose}: checkpoint not found: {path}")
     try:
@@ -61,6 +65,59 @@ def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: s
             f"{purpose}: {path} was written by {task}, expected a checkpoint of {' or '.join(accepted)}"
         )
     return checkpoint
+
+
+#: File ``tools/fit.py`` writes into a run's ``version_<n>`` directory when training finished (not on a crash, an
+#: interruption or a failed start), so that a later stage chained by run directory never starts from a broken run.
+COMPLETED_MARKER = "completed.json"
+
+
+def _version_number(path: Path) -> int | None:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def resolve_run_checkpoint(path: str | Path, purpose: str) -> Path:
+    """The checkpoint a path names: a file as given, or the ``last.ckpt`` of the latest *completed* run of a run dir.
+
+    A run directory is ``<save_dir>/<run_name>`` (e.g. ``lightning_logs/stage1``, holding ``version_<n>`` folders)
+    or one ``version_<n>`` folder. Only versions holding :data:`COMPLETED_MARKER` count; newer ones without it (crashed,
+    interrupted or still running) are skipped with a warning.
+
+    Args:
+        path: a ``.ckpt`` file, a run directory, or any other path (returned unchanged: the caller reports it).
+        purpose: what the checkpoint is for, for messages (e.g. ``"model.init_args.init_from"``).
+
+    Returns:
+        The checkpoint file path.
+
+    Raises:
+        CheckpointError: a run directory without a completed run.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    if (path / "checkpoints").is_dir():
+        versions = [path]
+    else:
+        numbered = sorted((n, p) for p in path.iterdir() if (n := _version_number(p)) is not None)
+        versions = [p for _, p in numbered]
+        if not versions:
+            return path  # not a run directory (e.g. a diffusers directory): the caller decides
+    completed = [v for v in versions if (v / COMPLETED_MARKER).is_file()]
+    if not completed:
+        raise CheckpointError(
+            f"{purpose}: {path} holds no completed run ({versions[-1]} has no {COMPLETED_MARKER}: it crashed, was "
+            "interrupted or is still running); finish it with tools/fit.py ... --resume last, or name a .ckpt file"
+        )
+    skipped = versions[versions.index(completed[-1]) + 1 :]
+    if skipped:
+        warnings.warn(
+            f"{purpose}: using {completed[-1]}, the latest completed run of {path}; skipping the newer unfinished "
+            f"{', '.join(p.name for p in skipped)}",
+            stacklevel=2,
+        )
+    return completed[-1] / "checkpoints" / "last.ckpt"
 
 
 def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/fit.py --config configs/sample/stage1.yaml [key=value ...] [--resume last|PATH] [--print-config]
+    python tools/fit.py --config configs/sample/stage1.yaml [--key.path=value ...] [--resume last|PATH] [--print_config]
     python tools/fit.py --config configs/stage1.yaml --resume last      # continue the newest run of this config
     tensorboard --logdir lightning_logs
 

@@ -27,7 +27,19 @@ from torch import Tensor
 from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
 from d3epth.data.sample import FLIP_PAIRS, Sample
 
-Transform = Callable[[Sample], Sample]
+
+
+class Transform:
+    """Base class of the joint transforms: a callable ``sample -> sample``.
+
+    Configs name transforms by ``class_path``; one is accepted when it subclasses this class, a user's own included
+    (a plain function is never called from a config). In Python any callable ``sample -> sample`` works too.
+    """
+
+    def __call__(self, sample: Sample) -> Sample:
+        """Return the transformed sample."""
+        raise NotImplementedError
+
 
 #: Interpolation modes accepted for the RGB image (``torch.nn.functional.interpolate`` names).
 IMAGE_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic", "area", "nearest-exact", "nearest")
@@ -97,7 +109,7 @@ def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) ->
     return out
 
 
-class Compose:
+class Compose(Transform):
     """Apply transforms in order.
 
     Args:
@@ -120,7 +132,7 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
-class Resize:
+class Resize(Transform):
     """Resize every raster to ``size``: the image with ``image_interpolation``, all other rasters nearest-exact.
 
     Depth and masks use nearest-neighbour (``nearest-exact``, the pixel-centre-correct variant, as Marigold's
@@ -177,7 +189,7 @@ class Resize:
         return f"Resize(size={list(self.size)}, image_interpolation={self.image_interpolation!r})"
 
 
-class HorizontalFlip:
+class HorizontalFlip(Transform):
     """Mirror every raster left-right with probability ``p`` (Marigold's only depth augmentation, p = 0.5).
 
     Flips *every* 3-D tensor in the sample, whatever its size (a mirrored latent grid stays aligned with a mirrored
@@ -226,7 +238,7 @@ class HorizontalFlip:
         return f"HorizontalFlip(p={self.p})"
 
 
-class RandomCrop:
+class RandomCrop(Transform):
     """Crop a random ``size`` window (uniform over positions) from every raster.
 
     Args:
@@ -251,7 +263,7 @@ class RandomCrop:
         return f"RandomCrop(size={list(self.size)})"
 
 
-class KBCrop:
+class KBCrop(Transform):
     """KITTI benchmark crop (Marigold ``kitti_benchmark_crop``): keep the bottom ``height`` rows, centre horizontally.
 
     The window is :func:`~d3epth.data.crops.kb_crop_window`: ``top = H - height``, ``left = (W - width) // 2``; for a

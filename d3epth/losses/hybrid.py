@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from d3epth.losses.gradient import EdgeSource, GradientHuberLoss, GradientMode
 from d3epth.losses.ssi import DataTerm, Reduction, align_prediction, aligned_data_loss, check_depth_inputs
 from d3epth.losses.weighting import TaskWeighting, build_weighting
+from d3epth.utils.arguments import arguments_dataclass
 
-__all__ = ["HybridDepthLoss"]
+__all__ = ["HybridDepthLoss", "LossConfig"]
 
 TASK_NAMES = ("ssi", "grad")
 
@@ -142,3 +143,8 @@ class HybridDepthLoss(nn.Module):
     def extra_repr(self) -> str:
         """Show the SSI options in ``print(module)`` (the gradient term and the weighting print as children)."""
         return f"data_term={self.data_term!r}, reduction={self.reduction!r}"
+
+
+#: Stage 2's ``loss`` option: ``HybridDepthLoss``'s arguments as a typed group (``weighting_kwargs`` stays a mapping:
+#: its keys depend on the weighting chosen).
+LossConfig = arguments_dataclass(HybridDepthLoss, "LossConfig", __name__)

@@ -37,8 +37,9 @@ from timm.data import resolve_model_data_config
 from torch import nn
 
 from d3epth.models.decoder import DepthHead, FeatureAdapters, FPNDecoder, LatentHead, resize_to
+from d3epth.utils.arguments import arguments_dataclass
 
-__all__ = ["DEFAULT_BACKBONE", "HEADS", "LATENT_STRIDE", "TINY_BACKBONE", "DepthStudent"]
+__all__ = ["DEFAULT_BACKBONE", "HEADS", "LATENT_STRIDE", "TINY_BACKBONE", "DepthStudent", "StudentConfig"]
 
 #: Backbone of the paper-scale configs.
 DEFAULT_BACKBONE = "convnext_tiny"
@@ -289,3 +290,10 @@ class DepthStudent(nn.Module):
             depth = self.depth_head(decoded[0], (hp, wp), skip_maps)
             out["depth"] = depth[..., :height, :width]
         return out
+
+
+#: A task's ``student`` option: ``DepthStudent``'s arguments as a typed group, so a config's every key and value is
+#: checked before anything is built. The teacher-feature shapes are left out: stage 1 reads them off its teacher.
+StudentConfig = arguments_dataclass(
+    DepthStudent, "StudentConfig", __name__, skip=("teacher_feature_channels", "teacher_feature_strides")
+)

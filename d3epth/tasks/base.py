@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, sub_state_dict
 from d3epth.metrics import DepthMetrics, benchmark_metrics
+from d3epth.utils.arguments import plain_data
 from d3epth.utils.visualize import depth_error_panel
 
 Batch = dict[str, Any]
@@ -98,8 +99,11 @@ class DepthTask(L.LightningModule):
         num_logged_images: int = 4,
     ) -> None:
         super().__init__()
-        # Records the arguments of this constructor and of the subclass constructors that called it.
+        # Records the arguments of this constructor and of the subclass constructors that called it, as plain data
+        # (typed option groups become dicts), so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters()
+        for key, value in list(self.hparams.items()):
+            self.hparams[key] = plain_data(value)
         if optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
         self.val_metrics = nn.ModuleList()

@@ -23,10 +23,11 @@ from d3epth.data.teacher_cache import teacher_fingerprint
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
 from d3epth.models.depth_model import decode_depth_latent, student_depth
 from d3epth.models.padding import crop_to, pad_to_multiple
-from d3epth.models.student import DepthStudent
+from d3epth.models.student import DepthStudent, StudentConfig
 from d3epth.models.teacher import DiffusionDepthTeacher
-from d3epth.models.teacher.sources import load_teacher
+from d3epth.models.teacher.sources import TeacherSpec, load_teacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
+from d3epth.utils.arguments import plain_data
 
 
 class LatentDistillationTask(DepthTask):
@@ -49,8 +50,8 @@ class LatentDistillationTask(DepthTask):
 
     def __init__(
         self,
-        student: dict[str, Any],
-        teacher: str | dict[str, Any],
+        student: StudentConfig,
+        teacher: str | TeacherSpec,
         feature_blocks: list[str] | None = None,
         feature_weight: float = 1.0,
         mask_latent_loss: bool = True,
@@ -58,7 +59,8 @@ class LatentDistillationTask(DepthTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.teacher: DiffusionDepthTeacher = load_teacher(teacher).freeze()
+        self.teacher: DiffusionDepthTeacher = load_teacher(teacher, purpose="model.init_args.teacher").freeze()
+        student = plain_data(student)
         heads = [student["heads"]] if isinstance(student.get("heads"), str) else list(student.get("heads", ["latent"]))
         student = {**student, "heads": [h for h in ("latent", "features", "depth") if h in {*heads, "latent"}]}
         self.feature_blocks = list(feature_blocks or [])

@@ -19,18 +19,20 @@ which the SSI loss is invariant to — but with per-image loss magnitudes made c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from d3epth.checkpoints import STUDENT, load_task_checkpoint, sub_state_dict, tasks_with
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
+from d3epth.losses.hybrid import LossConfig
 from d3epth.models.depth_model import decode_depth_latent, student_depth
 from d3epth.models.padding import crop_to
-from d3epth.models.student import DepthStudent
-from d3epth.models.teacher.sources import load_teacher
+from d3epth.models.student import DepthStudent, StudentConfig
+from d3epth.models.teacher.sources import TeacherSpec, load_teacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
+from d3epth.utils.arguments import plain_data
 
 
 class PixelRefinementTask(DepthTask):
@@ -62,11 +64,11 @@ class PixelRefinementTask(DepthTask):
 
     def __init__(
         self,
-        student: dict[str, Any] | None = None,
+        student: StudentConfig | None = None,
         init_from: str | None = None,
-        pixel_decoder: str = "light",
-        teacher: str | dict[str, Any] | None = None,
-        loss: dict[str, Any] | None = None,
+        pixel_decoder: Literal["light", "vae"] = "light",
+        teacher: str | TeacherSpec | None = None,
+        loss: LossConfig | None = None,
         weighting_lr: float = 1e-2,
         gradnorm_shared: str | None = None,
         fit_light_to_vae_steps: int = 0,
@@ -88,6 +90,7 @@ class PixelRefinementTask(DepthTask):
                 student = dict(checkpoint["hyper_parameters"]["student"])
         if student is None:
             raise ValueError("set model.init_args.student (DepthStudent arguments) or init_from (a stage-1 checkpoint)")
+        student = plain_data(student)
         needed = "depth" if pixel_decoder == "light" else "latent"
         heads = list(student.get("heads", ("latent", "depth")))
         if isinstance(heads, str):
@@ -101,7 +104,7 @@ class PixelRefinementTask(DepthTask):
         if checkpoint is not None:
             self._load_student(checkpoint, init_from)
         self.teacher = None if teacher is None else load_teacher(teacher).freeze()
-        self.loss = HybridDepthLoss(**(loss or {}))
+        self.loss = HybridDepthLoss(**plain_data(loss or {}))
         self._gradnorm_parameters = None
         if self.loss.weighting.__class__.__name__ == "GradNormWeighting":
             if gradnorm_shared is None:

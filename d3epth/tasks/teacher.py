@@ -31,7 +31,7 @@ from torch import Tensor
 
 from d3epth.losses import HybridDepthLoss, SSILoss, latent_distillation_loss, resolve_shared_parameters
 from d3epth.models.noise import annealed_strength, multi_res_noise
-from d3epth.models.teacher.sources import TEACHER_ARCH_KEY, load_teacher, teacher_architecture
+from d3epth.models.teacher.sources import TEACHER_ARCH_KEY, TeacherSpec, load_teacher, teacher_architecture
 from d3epth.tasks.base import Batch, DepthTask
 
 __all__ = ["TeacherTask"]
@@ -85,7 +85,7 @@ class TeacherTask(DepthTask):
 
     def __init__(
         self,
-        teacher: dict[str, Any] | str,
+        teacher: str | TeacherSpec,
         mode: str = "diffusion",
         loss: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,

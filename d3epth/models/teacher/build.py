@@ -17,9 +17,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import nn
 
 from d3epth.models.teacher.model import DiffusionDepthTeacher
+from d3epth.utils.arguments import arguments_dataclass
 
 __all__ = [
     "SD2_SCHEDULER_CONFIG",
+    "TeacherArchitecture",
     "build_autoencoder",
     "from_config",
     "from_sd2_config",
@@ -240,3 +242,7 @@ def sd2_config() -> dict[str, Any]:
 def from_sd2_config(**overrides: Any) -> DiffusionDepthTeacher:
     """Random-weight teacher of Stable Diffusion 2 size (:func:`sd2_config` updated with ``overrides``)."""
     return from_config(**{**sd2_config(), **overrides})
+
+
+#: A teacher spec's ``config``: :func:`from_config`'s arguments as a typed group (checked key by key in configs).
+TeacherArchitecture = arguments_dataclass(from_config, "TeacherArchitecture", __name__)

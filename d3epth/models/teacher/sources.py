@@ -9,27 +9,66 @@ stores under :data:`TEACHER_ARCH_KEY` to rebuild its teacher without the sources
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from d3epth.checkpoints import AUTOENCODER, TEACHER, load_task_checkpoint, sub_state_dict, tasks_with
+from d3epth.checkpoints import (
+    AUTOENCODER,
+    TEACHER,
+    load_task_checkpoint,
+    resolve_run_checkpoint,
+    sub_state_dict,
+    tasks_with,
+)
 from d3epth.models.teacher import build, hub
-from d3epth.models.teacher.build import build_autoencoder
+from d3epth.models.teacher.build import TeacherArchitecture, build_autoencoder
 from d3epth.models.teacher.model import DiffusionDepthTeacher
+from d3epth.utils.arguments import plain_data
 
-__all__ = ["TEACHER_ARCH_KEY", "load_autoencoder", "load_teacher", "teacher_architecture"]
+__all__ = ["TEACHER_ARCH_KEY", "TeacherSpec", "load_autoencoder", "load_teacher", "teacher_architecture"]
 
 #: Checkpoint key holding the teacher's architecture (component configs + empty-prompt embedding), so a teacher
 #: checkpoint rebuilds without the directory or autoencoder checkpoint it was first made from.
 TEACHER_ARCH_KEY = "d3epth_teacher"
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TeacherSpec:
+    """A teacher source given as a mapping (a plain path string is the other form): ``path`` *or* ``config``.
+
+    Unset (``None``) loading options take :func:`~d3epth.models.teacher.hub.from_pretrained`'s defaults.
+
+    Args:
+        path: a local diffusers directory (Marigold, E2E-FT, Stable Diffusion 2), a ``TeacherTask`` ``.ckpt``, or a
+            ``TeacherTask`` run directory (its latest completed run's ``last.ckpt``).
+        config: the architecture of a random-weight teacher (``from_config`` arguments; tiny by default).
+        vae_from: with ``config``: the VAE of an ``AutoencoderTask`` checkpoint or run directory.
+        text_embedding_file: with a directory: safetensors file holding the [1,L,C] empty-prompt embedding.
+        text_embedding_padding: with a directory: ``do_not_pad`` (Marigold, [1,2,C]) or ``max_length`` (E2E-FT).
+        timestep_spacing: with a directory: the scheduler's spacing (``trailing`` by default).
+        rescale_betas_zero_snr: with a directory: zero-terminal-SNR schedule (unset keeps the checkpoint's).
+        torch_dtype: with a directory: dtype of the UNet and VAE weights.
+        variant: with a directory: diffusers weight variant (e.g. ``fp16``).
+    """
+
+    path: str | None = None
+    config: TeacherArchitecture | None = None
+    vae_from: str | None = None
+    text_embedding_file: str | None = None
+    text_embedding_padding: Literal["do_not_pad", "max_length"] | None = None
+    timestep_spacing: Literal["leading", "trailing", "linspace"] | None = None
+    rescale_betas_zero_snr: bool | None = None
+    torch_dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    variant: str | None = None
 
 
 def _keyword_names(fn: Any) -> list[str]:
@@ -212,12 +251,14 @@ def load_teacher(
         FileNotFoundError: a named directory or checkpoint does not exist.
         ValueError: a checkpoint written by another task, an unknown spec key, or an incompatible VAE.
     """
-    if isinstance(source, Mapping):
-        source = dict(source)
+    if isinstance(source, TeacherSpec | Mapping):
+        # Unset options (None) fall back to the loaders' defaults; hyper-parameters store the spec as plain data.
+        source = {key: value for key, value in plain_data(source).items() if value is not None}
         if "path" in source and "config" in source:
             raise ValueError(f"{purpose}: give either 'path' (a directory or .ckpt) or 'config', not both")
         if "path" in source:
-            path = Path(str(source["path"])).expanduser()
+            path = resolve_run_checkpoint(Path(str(source["path"])).expanduser(), purpose)
+            source["path"] = str(path)
             if path.suffix == ".ckpt" or path.is_file():
                 if len(source) > 1:
                     extra = sorted(k for k in source if k != "path")
@@ -234,7 +275,7 @@ def load_teacher(
                 f"got keys {sorted(source)}"
             )
     elif isinstance(source, str | Path):
-        path = Path(str(source)).expanduser()
+        path = resolve_run_checkpoint(Path(str(source)).expanduser(), purpose)
         if path.is_dir():
             teacher = hub.from_pretrained(path)
         elif path.is_file() or path.suffix == ".ckpt":

@@ -1,0 +1,140 @@
+"""jsonargparse's nested error reports, told in one line: which source, which key path, what was wrong, the fix.
+
+jsonargparse validates every key and type at every depth, but reports a failure as an indented tree: one level per
+option group, class node and union branch, each with its subtypes and the value it was given. Users need the leaf —
+the key, the bad value, the expected type or the closest valid key — and where they wrote it. :func:`explain` reads
+the tree: it takes the deepest failing branch (skipping the ``None`` alternative every optional group has), rebuilds
+the key path from the ``Parser key`` / ``class_path`` levels it passes (mapping keys and list indices, which the tree
+leaves out, are recovered from the sources), and names the first source that sets that path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Sequence
+
+from d3epth.cli.config_files import ConfigSource, find_key
+
+__all__ = ["explain"]
+
+_PARSER_KEY = re.compile(r'^(?:- )?Parser key "([^"]+)"(?:\[\d+\])?:')
+_CLASS_PATH = re.compile(r"^(?:- )?Problem with given class_path '([^']+)':")
+_SUBTYPES_CONTAINER = re.compile(r"^Subtypes: \[(?:collections\.abc\.|typing\.)?(Mapping|dict|Dict|Sequence|list|List)\[")
+_IGNORED_LEAVES = ("Expected a <class 'NoneType'>",)
+
+
+def _leaves(lines: list[tuple[int, str]]) -> list[tuple[list[str], list[str], str]]:
+    """Every leaf message with its key path (``*`` where a mapping key or list index goes) and the classes above it."""
+    results = []
+    for index, (indent, text) in enumerate(lines):
+        if _PARSER_KEY.match(text) or _CLASS_PATH.match(text) or text.lstrip("- ") in _IGNORED_LEAVES:
+            continue
+        if text.startswith(("Does not validate", "Subtypes:", "Errors:", "Given value")):
+            continue
+        ancestors = []  # (line index, indent, text), nearest first
+        level = indent
+        for back in range(index - 1, -1, -1):
+            if lines[back][0] < level:
+                level = lines[back][0]
+                ancestors.append((back, *lines[back]))
+        path: list[str] = []
+        classes: list[str] = []
+        container = False
+        for back, parent_indent, parent in reversed(ancestors):
+            if key := _PARSER_KEY.match(parent):
+                path += key.group(1).split(".")
+                children = [t for i, t in lines[back + 1 : index] if i == parent_indent + 2]
+                container = any(_SUBTYPES_CONTAINER.match(t) for t in children)
+            elif klass := _CLASS_PATH.match(parent):
+                path += ["*", "init_args"] if container else ["init_args"]
+                classes.append(klass.group(1))
+                container = False
+        results.append((path, classes, text.lstrip("- ")))
+    return results
+
+
+def _class_parameters(class_path: str) -> list[str]:
+    """Constructor parameters of ``class_path`` (following ``**kwargs`` handed to base classes), for suggestions."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in cls.__mro__ if inspect.isclass(cls) else [cls]:
+        init = klass.__dict__.get("__init__") if inspect.isclass(cls) else klass
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def _closest(key: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _where(sources: Sequence[ConfigSource], path: list[str]) -> tuple[str, str]:
+    """The source that sets ``path`` and the path made concrete; the command line when none does."""
+    found = find_key(sources, path)
+    return found if found is not None else ("command line", ".".join(path))
+
+
+def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Sequence[str]) -> str:
+    """One line for a jsonargparse error message.
+
+    Args:
+        message: the parser's error (``str(ArgumentError)``), possibly a multi-line tree.
+        sources: where settings came from, in the order the parser applied them.
+        top_level_keys: the parser's own dotted option names (e.g. ``trainer.max_steps``), for suggestions.
+
+    Returns:
+        ``"<source>: <key path>: <problem>[; did you mean ...]"``.
+    """
+    lines = [(len(raw) - len(raw.lstrip(" ")), raw.strip()) for raw in message.splitlines() if raw.strip()]
+    if match := re.match(r"unrecognized arguments: (.*)", lines[0][1] if lines else ""):
+        arg = match.group(1).split()[0]
+        if not arg.startswith("--"):
+            return (
+                f"command line: '{arg}' is not an option; overrides are LightningCLI options, "
+                f"e.g. --{arg.replace('=', '=', 1)}"
+            )
+        key = arg[2:].split("=", 1)[0]
+        return f"command line: unknown option '--{key}'{_closest(key, top_level_keys)}"
+    leaves = _leaves(lines)
+    if not leaves:
+        return " ".join(text for _, text in lines)
+    path, classes, leaf = max(leaves, key=lambda item: len(item[0]))
+    klass = classes[-1] if classes else None
+
+    if match := re.match(r"Option '([^']+)' is not accepted|Group '([^']+)' does not accept option '([^']+)'", leaf):
+        if match.group(1):
+            key_path = [*path, *match.group(1).split(".")]
+        else:
+            key_path = [*path, *match.group(2).split("."), match.group(3)]
+        source, key = _where(sources, key_path)
+        valid = _class_parameters(klass) if klass and path else top_level_keys
+        name = key.rsplit(".", 1)[-1] if klass and path else key
+        return f"{source}: unknown key '{key}'{f' ({klass})' if klass and path else ''}{_closest(name, valid)}"
+    if match := re.match(r"Expected a (.+?)\. Got value: (.*)", leaf):
+        expected = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", match.group(1))
+        source, key = _where(sources, path)
+        return f"{source}: {key}: expected {expected}, got {match.group(2)!r}"
+    if match := re.match(r"Import path (\S+) does not correspond to a subclass of (\S+)", leaf):
+        source, key = _where(sources, [*path, "class_path"])
+        return (
+            f"{source}: {key}: '{match.group(1)}' is not a subclass of {match.group(2)}; a config may only name "
+            "classes of the expected kind (functions and other callables are never called from a config)"
+        )
+    if match := re.match(r'Key "([^"]+)" is required but not included', leaf):
+        source, key = _where(sources, path[:-1] if path and path[-1] == "init_args" else path)
+        return f"{source}: {key}: missing required argument '{match.group(1)}'" + (f" of {klass}" if klass else "")
+    source, key = _where(sources, path)
+    return f"{source}: {key}: {leaf}" if key else f"{source}: {leaf}"
+
