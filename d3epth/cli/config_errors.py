@@ -10,6 +10,7 @@ leaves out, are recovered from the sources), and names the first source that set
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -49,19 +50,30 @@ def _leaves(lines: list[tuple[int, str]]) -> list[tuple[list[str], list[str], st
                 children = [t for i, t in lines[back + 1 : index] if i == parent_indent + 2]
                 container = any(_SUBTYPES_CONTAINER.match(t) for t in children)
             elif klass := _CLASS_PATH.match(parent):
-                path += ["*", "init_args"] if container else ["init_args"]
+                # A dataclass group (student, loss, teacher spec) nests its keys directly; a class node in init_args.
+                path += (["*"] if container else []) + ([] if _is_dataclass(klass.group(1)) else ["init_args"])
                 classes.append(klass.group(1))
                 container = False
-        results.append((path, classes, text.lstrip("- ")))
+        results.append((path + (["*"] if container else []), classes, text.lstrip("- ")))
     return results
+
+
+def _import(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _is_dataclass(class_path: str) -> bool:
+    return dataclasses.is_dataclass(_import(class_path))
 
 
 def _class_parameters(class_path: str) -> list[str]:
     """Constructor parameters of ``class_path`` (following ``**kwargs`` handed to base classes), for suggestions."""
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    cls = _import(class_path)
+    if cls is None:
         return []
     names: list[str] = []
     for klass in cls.__mro__ if inspect.isclass(cls) else [cls]:
@@ -80,9 +92,9 @@ def _closest(key: str, valid: Sequence[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _where(sources: Sequence[ConfigSource], path: list[str]) -> tuple[str, str]:
-    """The source that sets ``path`` and the path made concrete; the command line when none does."""
-    found = find_key(sources, path)
+def _where(sources: Sequence[ConfigSource], path: list[str], value: str | None = None) -> tuple[str, str]:
+    """The source that sets ``path`` (to ``value``) and the path made concrete; the command line when none does."""
+    found = find_key(sources, path, value)
     return found if found is not None else ("command line", ".".join(path))
 
 
@@ -124,7 +136,7 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
         return f"{source}: unknown key '{key}'{f' ({klass})' if klass and path else ''}{_closest(name, valid)}"
     if match := re.match(r"Expected a (.+?)\. Got value: (.*)", leaf):
         expected = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", match.group(1))
-        source, key = _where(sources, path)
+        source, key = _where(sources, path, match.group(2))
         return f"{source}: {key}: expected {expected}, got {match.group(2)!r}"
     if match := re.match(r"Import path (\S+) does not correspond to a subclass of (\S+)", leaf):
         source, key = _where(sources, [*path, "class_path"])

@@ -124,22 +124,28 @@ def expand_config_arguments(argv: Sequence[str]) -> tuple[list[str], list[Config
     return out, sources, stem
 
 
-def find_key(sources: Sequence[ConfigSource], pattern: Sequence[str]) -> tuple[str, str] | None:
+def find_key(sources: Sequence[ConfigSource], pattern: Sequence[str], value: str | None = None) -> tuple[str, str] | None:
     """The first source setting a key path that matches ``pattern`` (``"*"`` matches any one key or list index).
+
+    Args:
+        sources: in the order the parser applied them.
+        pattern: the key path, ``"*"`` for unknown mapping keys and list indices.
+        value: only a source setting this value (compared as text) counts: several sources may set a key, and a
+            type error is about one value.
 
     Returns:
         ``(source label, concrete dotted key path)``, or ``None`` when no source sets it.
     """
     for source in sources:
-        found = _match(source.data, list(pattern))
+        found = _match(source.data, list(pattern), value)
         if found is not None:
             return source.label, ".".join(found)
     return None
 
 
-def _match(node: Any, pattern: list[str]) -> list[str] | None:
+def _match(node: Any, pattern: list[str], value: str | None) -> list[str] | None:
     if not pattern:
-        return []
+        return [] if value is None or str(node) == value else None
     head, rest = pattern[0], pattern[1:]
     if isinstance(node, list):
         items = [(str(i), item) for i, item in enumerate(node)]
@@ -149,7 +155,7 @@ def _match(node: Any, pattern: list[str]) -> list[str] | None:
         return None
     for key, child in items:
         if head in ("*", key):
-            found = _match(child, rest)
+            found = _match(child, rest, value)
             if found is not None:
                 return [key, *found]
     return None
