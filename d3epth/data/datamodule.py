@@ -25,6 +25,11 @@ also gets ``teacher_latent`` [4,⌈H/8⌉,⌈W/8⌉], the cached target of the i
 one ``DataLoader`` per named set, in the order given, not shuffled, not augmented; ``val_set_names`` /
 ``test_set_names`` name them (dataloader index i <-> name i).
 
+Resume: the training loader is a :class:`~d3epth.data.resume.ResumableDataLoader`, so Lightning's checkpoints hold
+its position in the epoch, and every training sample's random augmentation is seeded from its position in the
+epoch's batch order (not from a worker's generator), so a run resumed from a mid-epoch checkpoint trains on exactly
+the batches, flipped and cropped exactly as, the uninterrupted run (:mod:`d3epth.data.resume`).
+
 DDP: the trainer must run with ``use_distributed_sampler: false`` (``configs/base.yaml`` sets it; the datamodule
 raises otherwise). The training sampler then takes rank and world size from the attached trainer (else
 ``torch.distributed``, else 0/1) and gives each rank distinct batches. Validation/test sets are split across ranks
@@ -40,10 +45,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.hypersim import HypersimDataset
+from d3epth.data.resume import ResumableDataLoader, SeededConcatDataset
 from d3epth.data.sample import FLIP_PAIRS, Sample, collate_samples
 from d3epth.data.sampler import MixedBatchSampler, default_rank_world
 from d3epth.data.teacher_cache import TeacherCache, check_cacheable
@@ -136,7 +142,8 @@ class DepthDataModule(L.LightningDataModule):
         hflip_p: horizontal-flip probability for training samples (Marigold: 0.5; 0 disables).
         train_transforms: further joint transforms for training samples (e.g. ``RandomCrop``), after the flip.
         drop_last: drop each training set's last incomplete batch.
-        seed: seed of the batch order (with the epoch) and of the worker RNGs (with the rank).
+        seed: seed of the batch order and of the training augmentations (with the epoch and the batch's position),
+            and of the worker RNGs (with the rank).
         teacher_cache: directory written by ``tools/cache_teacher.py``: training samples then carry the cached stage-1
             target ``teacher_latent`` (of the flipped image when flipped), and stage 1 does not run the teacher on
             them. Every training set must be cached, configured as when cached, and without ``train_transforms``;
@@ -270,7 +277,8 @@ class DepthDataModule(L.LightningDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.persistent_workers,
             "collate_fn": collate_samples,
-            # Seeds the workers' RNGs (flip / crop draws); distinct per rank so ranks augment differently.
+            # Seeds the workers' RNGs, distinct per rank. The training augmentations do not draw from them: each
+            # training sample is loaded under its own seed (d3epth.data.resume), which survives a resume.
             "generator": torch.Generator().manual_seed(self.seed * 1000 + rank),
         }
         if self.num_workers > 0 and self.prefetch_factor is not None:
@@ -299,13 +307,16 @@ class DepthDataModule(L.LightningDataModule):
         lookup = self._teacher_cache.lookup(name)
         return Compose([lookup, self.train_augment]) if self.train_augment is not None else lookup
 
-    def train_dataset(self) -> ConcatDataset:
-        """The training sets (augmented) concatenated in ``train_set_names`` order."""
+    def train_dataset(self) -> SeededConcatDataset:
+        """The training sets (augmented), concatenated in ``train_set_names`` order.
+
+        A batch of :meth:`train_sampler` loads each of its samples under the sample's seed.
+        """
         sets: list[Dataset] = []
         for name, dataset in self.train_sets.items():
             augment = self._augment_for(name)
             sets.append(AugmentedDataset(dataset, augment) if augment is not None else dataset)
-        return ConcatDataset(sets)
+        return SeededConcatDataset(sets)
 
     def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
         rank, world = self._rank_world()
@@ -326,13 +337,15 @@ class DepthDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
 
-    def train_dataloader(self) -> DataLoader:
-        """One loader over all training sets, batches from :meth:`train_sampler`."""
+    def train_dataloader(self) -> ResumableDataLoader:
+        """One loader over all training sets, batches from :meth:`train_sampler`; resumable mid-epoch."""
         if not self.train_sets:
             raise ValueError("DepthDataModule: no training sets configured (data.init_args.train)")
         self._check_trainer()
         rank, _ = self._rank_world()
-        return DataLoader(self.train_dataset(), batch_sampler=self.train_sampler(), **self._loader_kwargs(rank))
+        return ResumableDataLoader(
+            self.train_dataset(), batch_sampler=self.train_sampler(), **self._loader_kwargs(rank)
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per validation set, in ``val_set_names`` order (empty list: no validation)."""

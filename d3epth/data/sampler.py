@@ -11,6 +11,11 @@ yield the same number of batches (needed so no rank waits forever in a collectiv
 sampler with its ``DistributedSampler``: set ``trainer.use_distributed_sampler: false`` (``configs/base.yaml`` does).
 If Lightning tries anyway it re-instantiates the class with a sampler as first argument, which raises a
 ``TypeError`` saying so.
+
+**Resume.** Each batch is a :class:`~d3epth.data.resume.SeededBatch` carrying per-sample augmentation seeds derived
+from ``(seed, epoch, global batch index, slot)``, and :meth:`MixedBatchSampler.resume` starts an epoch at any batch;
+with :class:`~d3epth.data.resume.ResumableDataLoader` a run resumed mid-epoch sees exactly the batches, and the
+augmentations, that the uninterrupted run saw (see :mod:`d3epth.data.resume`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from d3epth.data.resume import SeededBatch, sample_seeds
+
 
 def default_rank_world() -> tuple[int, int]:
     """``(rank, world_size)`` from ``torch.distributed`` when initialised, else ``(0, 1)``."""
@@ -29,7 +36,7 @@ def default_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-class MixedBatchSampler(Sampler[list[int]]):
+class MixedBatchSampler(Sampler[SeededBatch]):
     """Yield batches of ConcatDataset indices, each batch from a single dataset chosen by a multinomial draw.
 
     Per epoch, each dataset's indices are shuffled and cut into batches; for every batch slot a dataset is drawn
@@ -38,7 +45,10 @@ class MixedBatchSampler(Sampler[list[int]]):
     datasets with a non-zero probability), i.e. ``epoch_length // num_replicas`` per rank.
 
     The epoch number comes from :meth:`set_epoch` (Lightning calls it through the ``sampler`` property before each
-    epoch) or, without it, counts up by one per ``iter()``.
+    epoch) or, without it, counts up by one per ``iter()``. :meth:`resume` makes the next ``iter()`` skip the
+    epoch's first batches (the order of the rest is unchanged). Each batch is a
+    :class:`~d3epth.data.resume.SeededBatch`: a ``list[int]`` whose ``seeds`` (one per sample, from ``seed``, the
+    epoch and the batch's global index) seed the sample's augmentation.
 
     Args:
         dataset_sizes: number of samples of each dataset, in ConcatDataset order.
@@ -119,6 +129,7 @@ class MixedBatchSampler(Sampler[list[int]]):
                 f"{self.num_replicas} ranks"
             )
         self._next_epoch = 0
+        self._start = 0  # local batch of ``_next_epoch`` the next iter() starts at (non-zero after resume())
 
     @property
     def sampler(self) -> MixedBatchSampler:
@@ -126,8 +137,28 @@ class MixedBatchSampler(Sampler[list[int]]):
         return self
 
     def set_epoch(self, epoch: int) -> None:
-        """Use ``epoch`` for the next ``iter()`` (later iterations continue from it)."""
+        """Use ``epoch`` for the next ``iter()`` (later iterations continue from it).
+
+        A position set by :meth:`resume` is kept if it is in ``epoch`` and dropped otherwise: Lightning calls
+        ``set_epoch`` with the resumed epoch after ``load_state_dict``, or with the next one when the checkpoint
+        was written at the end of an epoch.
+        """
+        if int(epoch) != self._next_epoch:
+            self._start = 0
         self._next_epoch = int(epoch)
+
+    def position(self) -> tuple[int, int]:
+        """``(epoch, first local batch)`` the next ``iter()`` will use."""
+        return self._next_epoch, self._start
+
+    def resume(self, epoch: int, start: int) -> None:
+        """Make the next ``iter()`` run ``epoch`` from its local (this rank's) batch ``start``.
+
+        ``start >= len(self)`` means the epoch is over: the next ``iter()`` runs ``epoch + 1`` from its start.
+        """
+        if epoch < 0 or start < 0:
+            raise ValueError(f"MixedBatchSampler.resume: epoch and start must be >= 0, got {epoch}, {start}")
+        self._next_epoch, self._start = (epoch, start) if start < len(self) else (epoch + 1, 0)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -137,7 +168,10 @@ class MixedBatchSampler(Sampler[list[int]]):
         return torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
 
     def _global_batches(self, epoch: int) -> Iterator[tuple[int, list[int]]]:
-        """The epoch's global batch sequence (identical on every rank): ``(dataset index, ConcatDataset indices)``."""
+        """The epoch's global batch sequence (identical on every rank): ``(dataset index, ConcatDataset indices)``.
+
+        Skipping batches (:meth:`resume`) still runs this generator from the start, so the draws stay identical.
+        """
         generator = torch.Generator().manual_seed(self.seed + epoch)
         offsets = [0]
         for size in self.sizes[:-1]:
@@ -157,12 +191,13 @@ class MixedBatchSampler(Sampler[list[int]]):
             cursors[k] += 1
             yield k, [offsets[k] + i for i in order[start : start + self.batch_size]]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch = self._next_epoch
-        self._next_epoch = epoch + 1
+    def __iter__(self) -> Iterator[SeededBatch]:
+        epoch, start = self._next_epoch, self._start
+        self._next_epoch, self._start = epoch + 1, 0
+        first = start * self.num_replicas  # global index of this rank's first batch to yield, less its rank
         for i, (_, batch) in enumerate(self._global_batches(epoch)):
-            if i % self.num_replicas == self.rank:
-                yield batch
+            if i % self.num_replicas == self.rank and i >= first:
+                yield SeededBatch(batch, sample_seeds(self.seed, epoch, i, len(batch)))
 
     def __repr__(self) -> str:
         return (

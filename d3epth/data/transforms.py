@@ -10,9 +10,10 @@ of another size (e.g. a cached latent) cannot be resized or cropped consistently
 Intrinsics follow the OpenCV convention: pixel centres sit at integer coordinates, so the principal point of a
 W-pixel-wide centred camera is ``cx = (W - 1) / 2`` (Virtual KITTI 2 stores ``cx = 620.5`` for W = 1242).
 
-Randomness (flip, crop) is drawn from torch's default generator. Inside a ``DataLoader`` worker that generator is
-seeded per worker from the loader's seed (``DepthDataModule`` passes a seeded generator), so augmentations are
-reproducible; with ``num_workers=0`` they follow the global seed (``seed_everything``).
+Randomness (flip, crop) is drawn from torch's default generator. ``DepthDataModule``'s training loader seeds it for
+each sample from the sample's position in the epoch's batch order (:mod:`d3epth.data.resume`), so the draws are
+reproducible whatever the number of workers and survive a mid-epoch resume; called directly, they follow the global
+seed (``seed_everything``).
 """
 
 from __future__ import annotations

@@ -33,10 +33,14 @@ from d3epth.losses import HybridDepthLoss, SSILoss, latent_distillation_loss, re
 from d3epth.models.noise import annealed_strength, multi_res_noise
 from d3epth.models.teacher.sources import TEACHER_ARCH_KEY, TeacherSpec, load_teacher, teacher_architecture
 from d3epth.tasks.base import Batch, DepthTask
+from d3epth.utils.seeding import derive_seed
 
 __all__ = ["TeacherTask"]
 
 logger = logging.getLogger(__name__)
+
+#: Checkpoint key of the seed of the diffusion noise and timesteps (see ``TeacherTask.noise_generator``).
+NOISE_SEED_KEY = "d3epth_noise_seed"
 
 _MODES = ("diffusion", "e2e")
 _LOSSES = {"diffusion": ("mse",), "e2e": ("ssi", "hybrid")}
@@ -73,6 +77,8 @@ class TeacherTask(DepthTask):
         multires_levels: coarser levels of the pyramid (Marigold: 9).
         annealed_noise: anneal the strength as ``s · t / T`` (Marigold).
         gradient_checkpointing: UNet gradient checkpointing (memory for compute; E2E-FT uses it).
+        noise_seed: seed of the diffusion timesteps and noise during ``fit`` (with the rank and the batch index; see
+            :meth:`noise_generator`); ``None`` = ``torch.initial_seed()`` at the first training step.
         val_num_steps: DDIM steps of the validation prediction (1 = E2E-FT / Marigold v1-1 setting).
         skip_nonfinite: skip a batch whose loss is NaN/inf instead of stepping on it (E2E-FT does the same).
         lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
@@ -98,6 +104,7 @@ class TeacherTask(DepthTask):
         multires_levels: int = 9,
         annealed_noise: bool = True,
         gradient_checkpointing: bool = False,
+        noise_seed: int | None = None,
         val_num_steps: int = 1,
         skip_nonfinite: bool = True,
         lr: float = 3e-5,
@@ -132,6 +139,7 @@ class TeacherTask(DepthTask):
             raise ValueError(f"TeacherTask: val_num_steps must be >= 1, got {val_num_steps}")
         self.save_hyperparameters()
         self.hparams.loss = loss
+        self._noise_seed: int | None = noise_seed  # resolved at the first training step, or from a checkpoint
 
         built = load_teacher(teacher, purpose="model.init_args.teacher")
         if timestep_spacing is not None or rescale_betas_zero_snr is not None:
@@ -163,6 +171,32 @@ class TeacherTask(DepthTask):
         """Task marker (base) plus the teacher's architecture, so ``load_teacher`` needs no other file."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[TEACHER_ARCH_KEY] = teacher_architecture(self.teacher)
+        if self._noise_seed is not None:
+            checkpoint[NOISE_SEED_KEY] = self._noise_seed
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Base behaviour, plus the noise seed of the run that wrote ``checkpoint``, so a resumed run replays it."""
+        super().on_load_checkpoint(checkpoint)
+        if NOISE_SEED_KEY in checkpoint:
+            self._noise_seed = int(checkpoint[NOISE_SEED_KEY])
+
+    def noise_generator(self, device: torch.device) -> torch.Generator | None:
+        """The generator of this training batch's timesteps and noise; ``None`` outside ``fit`` (global RNG).
+
+        It is seeded from ``(noise seed, global rank, Lightning's batch index across epochs)``
+        (:func:`~d3epth.utils.seeding.derive_seed`), so ranks draw different noise and a run resumed from any
+        checkpoint draws what the uninterrupted run drew: Lightning restores the batch index with the loops' progress,
+        and the noise seed (``noise_seed``, else the process's ``torch.initial_seed()``, which ``seed_everything`` sets)
+        travels in the checkpoint (:data:`NOISE_SEED_KEY`). Lightning itself saves no RNG state.
+        """
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return None
+        if self._noise_seed is None:
+            self._noise_seed = torch.initial_seed() % 2**63
+        batch_index = trainer.fit_loop.epoch_loop.total_batch_idx  # this batch's index since the first one
+        seed = derive_seed(self._noise_seed, trainer.global_rank, batch_index)
+        return torch.Generator(device=device).manual_seed(seed)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The UNet (decayed as configured) and, for the hybrid loss, its weighting (no weight decay)."""
@@ -182,15 +216,23 @@ class TeacherTask(DepthTask):
             )
 
     # ----------------------------------------------------------------------------------------- diffusion mode
-    def sample_noise(self, shape: torch.Size | tuple[int, ...], timesteps: Tensor) -> Tensor:
-        """Training noise for latents of ``shape``: annealed multi-resolution noise (Marigold) or Gaussian."""
+    def sample_noise(
+        self, shape: torch.Size | tuple[int, ...], timesteps: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Training noise for latents of ``shape``: annealed multi-resolution noise (Marigold) or Gaussian.
+
+        Args:
+            shape: latent shape ``[B,C,h,w]``.
+            timesteps: integer timesteps [B] (they set the annealed strength).
+            generator: RNG on the timesteps' device; ``None`` = torch's global one.
+        """
         hp = self.hparams
         if not hp.multires_noise:
-            return torch.randn(shape, device=timesteps.device)
+            return torch.randn(shape, generator=generator, device=timesteps.device)
         strength: float | Tensor = hp.multires_strength
         if hp.annealed_noise:
             strength = annealed_strength(timesteps, self.teacher.num_train_timesteps, hp.multires_strength)
-        return multi_res_noise(shape, strength, hp.multires_levels, device=timesteps.device)
+        return multi_res_noise(shape, strength, hp.multires_levels, generator=generator, device=timesteps.device)
 
     def diffusion_target(self, z0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """Regression target of the UNet for the scheduler's prediction type (v = √ᾱ·ε − √(1−ᾱ)·z0 for SD2)."""
@@ -206,6 +248,8 @@ class TeacherTask(DepthTask):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Marigold's objective on a batch; ``timesteps`` [B] and ``noise`` [B,4,h,w] are drawn when not given.
 
+        Draws come from :meth:`noise_generator` during ``fit`` and from torch's global RNG otherwise.
+
         Returns:
             ``(loss, parts)`` with the masked latent MSE (mean over valid latent elements of the batch).
         """
@@ -215,10 +259,13 @@ class TeacherTask(DepthTask):
             rgb_latent = self.teacher.encode_image(image)
             depth_latent = self.teacher.encode_depth(batch["depth_norm"])
         batch_size = depth_latent.shape[0]
+        generator = self.noise_generator(depth_latent.device) if timesteps is None or noise is None else None
         if timesteps is None:
-            timesteps = torch.randint(0, self.teacher.num_train_timesteps, (batch_size,), device=depth_latent.device)
+            timesteps = torch.randint(
+                0, self.teacher.num_train_timesteps, (batch_size,), generator=generator, device=depth_latent.device
+            )
         if noise is None:
-            noise = self.sample_noise(depth_latent.shape, timesteps)
+            noise = self.sample_noise(depth_latent.shape, timesteps, generator)
         noise = noise.to(depth_latent)
         noisy = self.teacher.noise_scheduler.add_noise(depth_latent, noise, timesteps)
         target = self.diffusion_target(depth_latent, noise, timesteps)
