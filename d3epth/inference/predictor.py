@@ -272,7 +272,7 @@ def load_task(
     elif teacher is not None and "teacher" in hparams:
         overrides["teacher"] = str(teacher) if isinstance(teacher, Path) else teacher
     try:
-        task = task_class(name).load_from_checkpoint(path, map_location="cpu", **overrides)
+        task = task_class(name).load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     except FileNotFoundError as err:
         raise _missing_teacher(purpose, name, path, hparams, err) from err
     return task.eval()

@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, sub_state_dict
+from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
 from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.utils.visualize import depth_error_panel
 
@@ -109,8 +109,11 @@ class DepthTask(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task class and drop the frozen teacher's weights (they are not ours to store)."""
+        """Record the task class, keep the hyper-parameters plain data, drop the frozen teacher's weights."""
         checkpoint[TASK_KEY] = type(self).__name__
+        # A path or numpy number passed from Python would otherwise make the file unreadable with weights_only=True.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_data(checkpoint["hyper_parameters"])
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
             del state[key]
