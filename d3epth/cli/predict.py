@@ -19,10 +19,10 @@ Outputs, per image ``NAME`` (Marigold's layout)::
     DIR/depth_colored/NAME_pred_colored.png  the same map coloured with "Spectral" (near = red, far = blue), as Marigold
     DIR/depth_npy/NAME_pred.npy              --npy: float32 [H,W], the same normalised map before quantisation
 
-Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a size;
-otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the run unless
-``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model. Reading and
-writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
+Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a
+processing size; otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the
+run unless ``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model.
+Reading and writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
 """
 
 from __future__ import annotations
