@@ -3,15 +3,26 @@
 A task checkpoint is the dict Lightning saves (``state_dict``, ``hyper_parameters``, loop and optimiser states) plus
 :data:`TASK_KEY`, the name of the task class that wrote it, so that a later stage can refuse the checkpoint of the
 wrong one with a message instead of a shape mismatch.
+
+Checkpoints are only ever read with ``torch.load(..., weights_only=True)``: a file holding anything but tensors and
+plain data (dict, list, tuple, str, int, float, bool, None) is refused before any of it is built, since unpickling an
+arbitrary object can run code. What d3epth writes stays within that: :func:`plain_data` turns the hyper-parameters a
+user may have passed as paths, numpy scalars, dataclasses or omegaconf containers into plain containers on saving.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import pickle
 import re
 import warnings
+from collections.abc import Mapping
+from os import PathLike
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +37,8 @@ __all__ = [
     "TEACHER",
     "TaskInfo",
     "load_task_checkpoint",
+    "plain_data",
+    "read_checkpoint",
     "resolve_run_checkpoint",
     "sub_state_dict",
     "tasks_with",
@@ -35,8 +48,52 @@ __all__ = [
 TASK_KEY = "d3epth_task"
 
 
+def read_checkpoint(path: str | Path, purpose: str) -> Any:
+    """Read a checkpoint file on the CPU, refusing any object that is not a tensor or plain data.
+
+    Args:
+        path: ``.ckpt`` (or any ``torch.save``) file.
+        purpose: what the file is for, for the error message (e.g. ``"model.init_args.init_from"``).
+
+    Returns:
+        What the file holds (for a Lightning checkpoint, its dict).
+
+    Raises:
+        MissingFileError: no such file.
+        CheckpointError: the file cannot be read, or it holds other objects (a pickle payload is never run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{purpose}: checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # the weights-only unpickler met a global it does not allow
+        raise CheckpointError(
+            f"{purpose}: cannot read checkpoint {path}: it holds objects other than tensors and plain data "
+            f"(refused: loading it could run code){_unsafe_globals(path)}; only load checkpoints written by d3epth, "
+            "or re-save a trusted one as a plain state dict"
+        ) from err
+    except Exception as err:  # a truncated or foreign file: zipfile, EOF, OS and torch errors alike
+        raise CheckpointError(f"{purpose}: cannot read checkpoint {path}: {_first_line(err)}") from err
+
+
+def _unsafe_globals(path: Path) -> str:
+    """``" (it names: a.b, c.d)"`` for the globals a refused checkpoint would import, found without running them."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not the zip format torch.save writes: nothing more to say than the refusal
+        return ""
+    return f" (it names: {', '.join(sorted(names))})" if names else ""
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's can run to many lines), with its type."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: str) -> dict[str, Any]:
-    """Read a d3epth Lightning checkpoint on the CPU and check which task wrote it.
+    """Read a d3epth Lightning checkpoint on the CPU (:func:`read_checkpoint`) and check which task wrote it.
 
     Args:
         path: ``.ckpt`` file, or a run directory (see :func:`resolve_run_checkpoint`).
@@ -48,15 +105,11 @@ def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: s
 
     Raises:
         MissingFileError: no such file.
-        CheckpointError: not a d3epth checkpoint, or one written by another task (stage).
+        CheckpointError: unreadable, holding objects other than tensors and plain data, not a d3epth checkpoint, or
+            one written by another task (stage).
     """
     path = resolve_run_checkpoint(path, purpose)
-    if not path.is_file():
-        raise MissingFileError(f"{purpose}: checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"{purpose}: cannot read checkpoint {path}: {err}") from err
+    checkpoint = read_checkpoint(path, purpose)
     task = checkpoint.get(TASK_KEY) if isinstance(checkpoint, dict) else None
     if task is None:
         raise CheckpointError(f"{purpose}: {path} is not a d3epth task checkpoint (no '{TASK_KEY}' entry)")
@@ -118,6 +171,43 @@ def resolve_run_checkpoint(path: str | Path, purpose: str) -> Path:
             stacklevel=2,
         )
     return completed[-1] / "checkpoints" / "last.ckpt"
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` as data ``torch.load(..., weights_only=True)`` reads back: dicts, lists, scalars, str, tensors.
+
+    Mappings (diffusers' ``FrozenDict``, omegaconf ``DictConfig``) become dicts with str keys, sequences (tuples,
+    ``ListConfig``) lists, paths str, numpy scalars and arrays Python numbers and lists, dataclasses dicts, enums
+    their value; tensors stay tensors. Anything else becomes its ``str()``: a checkpoint must not need a class to
+    be imported to be read.
+    """
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic | np.ndarray):
+        return plain_data(value.tolist())
+    if isinstance(value, enum.Enum):
+        return plain_data(value.value)
+    for scalar in (bool, int, float, str):  # subclasses (np.float64, IntEnum, ...) would pickle as their class
+        if isinstance(value, scalar):
+            return scalar(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain_data(dataclasses.asdict(value))
+    if isinstance(value, PathLike):
+        return str(value)
+    if _is_omegaconf(value):  # DictConfig is no Mapping; to_container resolves ${...} interpolations
+        from omegaconf import OmegaConf
+
+        return plain_data(OmegaConf.to_container(value, resolve=True))
+    if isinstance(value, Mapping):
+        return {str(k): plain_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_data(v) for v in value]
+    return str(value)
+
+
+def _is_omegaconf(value: Any) -> bool:
+    """Whether ``value`` is an omegaconf container (without importing omegaconf when it is not)."""
+    return type(value).__module__.startswith("omegaconf.")
 
 
 def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from d3epth.cli.config_files import ConfigSource, find_key
 
@@ -23,7 +24,7 @@ __all__ = ["explain"]
 
 _PARSER_KEY = re.compile(r'^(?:- )?Parser key "([^"]+)"(?:\[\d+\])?:')
 _CLASS_PATH = re.compile(r"^(?:- )?Problem with given class_path '([^']+)':")
-_SUBTYPES_CONTAINER = re.compile(r"^Subtypes: \[(?:collections\.abc\.|typing\.)?(Mapping|dict|Dict|Sequence|list|List)\[")
+_SUBTYPES_CONTAINER = re.compile(r"^Subtypes: \[(?:collections\.abc\.|typing\.)?(Mapping|dict|Sequence|list)\[", re.I)
 _IGNORED_LEAVES = ("Expected a <class 'NoneType'>",)
 
 
@@ -149,4 +150,3 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
         return f"{source}: {key}: missing required argument '{match.group(1)}'" + (f" of {klass}" if klass else "")
     source, key = _where(sources, path)
     return f"{source}: {key}: {leaf}" if key else f"{source}: {leaf}"
-

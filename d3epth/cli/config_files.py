@@ -124,7 +124,9 @@ def expand_config_arguments(argv: Sequence[str]) -> tuple[list[str], list[Config
     return out, sources, stem
 
 
-def find_key(sources: Sequence[ConfigSource], pattern: Sequence[str], value: str | None = None) -> tuple[str, str] | None:
+def find_key(
+    sources: Sequence[ConfigSource], pattern: Sequence[str], value: str | None = None
+) -> tuple[str, str] | None:
     """The first source setting a key path that matches ``pattern`` (``"*"`` matches any one key or list index).
 
     Args:

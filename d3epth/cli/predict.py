@@ -19,10 +19,10 @@ Outputs, per image ``NAME`` (Marigold's layout)::
     DIR/depth_colored/NAME_pred_colored.png  the same map coloured with "Spectral" (near = red, far = blue), as Marigold
     DIR/depth_npy/NAME_pred.npy              --npy: float32 [H,W], the same normalised map before quantisation
 
-Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a size;
-otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the run unless
-``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model. Reading and
-writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
+Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a
+processing size; otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the
+run unless ``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model.
+Reading and writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
 """
 
 from __future__ import annotations
@@ -118,14 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
+    # Images are decoded straight at the processing size (and predictions written back at the input size strip by
+    # strip), so memory follows the processing resolution, not the photo: the model then runs at native size.
+    resolution = predictor.processing_resolution if args.processing_resolution is None else args.processing_resolution
     loader = torch.utils.data.DataLoader(
-        ImageFiles(images), batch_size=None, shuffle=False, num_workers=max(args.num_workers, 0)
+        ImageFiles(images, predictor.size_rule(resolution)),
+        batch_size=None,
+        shuffle=False,
+        num_workers=max(args.num_workers, 0),
     )
     dtype = _PRECISIONS[args.precision]
     failures: list[str] = []
     progress = tqdm(total=len(images), unit="img", desc=predictor.name, disable=args.quiet, file=sys.stderr)
     try:
-        for indices, tensors, errors in same_size_batches(iter(loader), args.batch_size):
+        for indices, decoded, errors in same_size_batches(iter(loader), args.batch_size):
             for _, message in errors:
                 if not args.skip_errors:
                     progress.close()
@@ -133,14 +139,15 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(message)
                 tqdm.write(f"warning: skipped: {message}", file=sys.stderr)
                 progress.update(1)
-            if not tensors:
+            if not decoded:
                 continue
-            batch = torch.stack(tensors).to(device)
+            batch = torch.stack([item.image for item in decoded]).to(device)
             autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
             with autocast:
-                depth = predictor.predict(batch).float()
-            for index, prediction in zip(indices, depth, strict=True):
-                write_outputs(out, images[index].name, prediction[0], args.npy, not args.no_color, args.color_map)
+                depth = predictor.predict(batch, processing_resolution=0).float()
+            for index, item, prediction in zip(indices, decoded, depth, strict=True):
+                name = images[index].name
+                write_outputs(out, name, prediction[0], args.npy, not args.no_color, args.color_map, item.size)
             progress.update(len(indices))
     finally:
         progress.close()

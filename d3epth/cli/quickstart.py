@@ -93,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale: float) -> str:
     """Train one stage unless its last checkpoint already reached max_steps; return that checkpoint's path."""
-    import torch  # heavy: imported after parsing (see d3epth.cli)
-
+    from d3epth.checkpoints import read_checkpoint  # heavy (torch): imported after parsing (see d3epth.cli)
     from d3epth.cli.trainer import fit, run_dir
 
     overrides = [f"logger.save_dir={logs}", *stage.wiring(checkpoints)]
@@ -107,7 +106,7 @@ def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale
     last = sorted(run_dir(cfg).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     resume = None
     if last:
-        step = torch.load(last[-1], map_location="cpu", weights_only=False)["global_step"]
+        step = read_checkpoint(last[-1], f"{stage.label} (resume)")["global_step"]
         if step >= max_steps:
             print(f"== {stage.label}: done ({last[-1]}, step {step}), reusing it", flush=True)
             return str(last[-1])

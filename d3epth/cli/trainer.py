@@ -186,7 +186,11 @@ class D3epthCLI(LightningCLI):
         parser.add_argument(
             "--last_checkpoint_every_n_steps", type=int, default=100, help="optimiser steps between last.ckpt saves"
         )
-        parser.add_class_arguments(ModelCheckpoint, "checkpoint", skip={"dirpath", "save_on_exception"}, instantiate=False)
+        skip = {
+            "dirpath",
+            "save_on_exception",
+        }  # the best checkpoint lives in the run directory; last.ckpt saves on errors
+        parser.add_class_arguments(ModelCheckpoint, "checkpoint", skip=skip, instantiate=False)
         parser.add_class_arguments(TensorBoardLogger, "logger", skip={"name", "version"}, instantiate=False)
         parser.add_argument(
             "--resume",

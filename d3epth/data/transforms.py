@@ -18,7 +18,7 @@ seed (``seed_everything``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,6 @@ from torch import Tensor
 
 from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
 from d3epth.data.sample import FLIP_PAIRS, Sample
-
 
 
 class Transform:

@@ -7,9 +7,11 @@ teacher rebuilt imports :mod:`d3epth.tasks`.
 from d3epth.inference.evaluation import evaluate, format_table, time_per_image
 from d3epth.inference.images import (
     IMAGE_SUFFIXES,
+    DecodedImage,
     ImageFiles,
     InputImage,
     collect_inputs,
+    decode_image,
     normalise,
     read_image,
     same_size_batches,
@@ -29,12 +31,14 @@ from d3epth.inference.predictor import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "DecodedImage",
     "DepthPredictor",
     "ImageFiles",
     "InputImage",
     "ModuleDepthPredictor",
     "TeacherDepthPredictor",
     "collect_inputs",
+    "decode_image",
     "evaluate",
     "format_table",
     "load_predictor",

@@ -23,13 +23,13 @@ are imported only where a task itself is rebuilt (:func:`load_task`) or a teache
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from d3epth.checkpoints import (
@@ -43,6 +43,7 @@ from d3epth.checkpoints import (
     tasks_with,
 )
 from d3epth.errors import CheckpointError
+from d3epth.inference.sizing import SizeRule, max_edge_size, processing_size, resize_bilinear
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.export import is_exported_student, load_student
 from d3epth.models.student import DepthStudent
@@ -58,26 +59,11 @@ __all__ = [
     "load_predictor",
     "load_student_checkpoint",
     "load_task",
+    "max_edge_size",
     "processing_size",
+    "resize_bilinear",
     "student_model_from_task",
 ]
-
-
-def processing_size(height: int, width: int, resolution: int, multiple: int = 1) -> tuple[int, int]:
-    """Processing size for an ``height × width`` image: longer side ≈ ``resolution``, sides multiples of ``multiple``.
-
-    The aspect ratio is kept up to the rounding of each side to the nearest multiple (at least one multiple), so the
-    network needs no padding; the prediction is resized back to ``height × width`` afterwards.
-
-    Example: 375×1242 at 768, multiple 32 → 224×768 (231.9 → 224).
-    """
-    if resolution <= 0:
-        raise ValueError(f"processing resolution must be positive, got {resolution}")
-    scale = resolution / max(height, width)
-    return (
-        max(multiple, round(height * scale / multiple) * multiple),
-        max(multiple, round(width * scale / multiple) * multiple),
-    )
 
 
 class DepthPredictor(nn.Module):
@@ -133,18 +119,20 @@ class DepthPredictor(nn.Module):
             raise ValueError(f"{self.name}: images must be [B, 3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
         resolution = self.processing_resolution if processing_resolution is None else processing_resolution
         image = image.to(self.device, torch.float32)
-        size = tuple(image.shape[-2:])
-        work = image
-        if resolution:
-            target = processing_size(size[0], size[1], int(resolution), self.size_multiple)
-            if target != size:
-                shrink = target[0] < size[0] or target[1] < size[1]
-                work = F.interpolate(image, size=target, mode="bilinear", align_corners=False, antialias=shrink)
-        depth = self._predict(work).float()
-        if tuple(depth.shape[-2:]) != size:
-            shrink = depth.shape[-2] > size[0] or depth.shape[-1] > size[1]
-            depth = F.interpolate(depth, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-        return depth
+        size = (image.shape[-2], image.shape[-1])
+        rule = self.size_rule(resolution)
+        work = resize_bilinear(image, rule(*size)) if rule is not None else image
+        return resize_bilinear(self._predict(work).float(), size)
+
+    def size_rule(self, resolution: int | None) -> SizeRule | None:
+        """How an image is sized for processing at ``resolution`` (:func:`processing_size` at :attr:`size_multiple`).
+
+        A picklable function (DataLoader workers size images with it while decoding); ``None`` for 0 / ``None``, the
+        input resolution.
+        """
+        if not resolution:
+            return None
+        return functools.partial(processing_size, resolution=int(resolution), multiple=self.size_multiple)
 
     def forward(self, image: Tensor) -> Tensor:
         """Same as :meth:`predict` at the default processing resolution."""
@@ -203,6 +191,10 @@ class TeacherDepthPredictor(DepthPredictor):
         self.ensemble_size = ensemble_size
         self.seed = seed
         self.batch_size = batch_size
+
+    def size_rule(self, resolution: int | None) -> SizeRule | None:
+        """Marigold's sizing (:func:`max_edge_size`): the teacher pads to its multiple itself."""
+        return functools.partial(max_edge_size, resolution=int(resolution)) if resolution else None
 
     @torch.no_grad()
     def predict(self, image: Tensor, processing_resolution: int | None = None) -> Tensor:
@@ -272,7 +264,7 @@ def load_task(
     elif teacher is not None and "teacher" in hparams:
         overrides["teacher"] = str(teacher) if isinstance(teacher, Path) else teacher
     try:
-        task = task_class(name).load_from_checkpoint(path, map_location="cpu", **overrides)
+        task = task_class(name).load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     except FileNotFoundError as err:
         raise _missing_teacher(purpose, name, path, hparams, err) from err
     return task.eval()

@@ -23,9 +23,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
-from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, sub_state_dict
+from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
 from d3epth.metrics import DepthMetrics, benchmark_metrics
-from d3epth.utils.arguments import plain_data
 from d3epth.utils.visualize import depth_error_panel
 
 Batch = dict[str, Any]
@@ -100,7 +99,8 @@ class DepthTask(L.LightningModule):
     ) -> None:
         super().__init__()
         # Records the arguments of this constructor and of the subclass constructors that called it, as plain data
-        # (typed option groups become dicts), so checkpoints load with torch.load(weights_only=True).
+        # (typed option groups become dicts; a path or numpy number passed from Python a str or float), so that
+        # checkpoints load with torch.load(weights_only=True) and hparams.yaml stays readable.
         self.save_hyperparameters()
         for key, value in list(self.hparams.items()):
             self.hparams[key] = plain_data(value)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from d3epth.checkpoints import plain_data
 from d3epth.data.teacher_cache import teacher_fingerprint
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
 from d3epth.models.depth_model import decode_depth_latent, student_depth
@@ -27,7 +28,6 @@ from d3epth.models.student import DepthStudent, StudentConfig
 from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.models.teacher.sources import TeacherSpec, load_teacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
-from d3epth.utils.arguments import plain_data
 
 
 class LatentDistillationTask(DepthTask):

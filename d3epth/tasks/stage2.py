@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from d3epth.checkpoints import STUDENT, load_task_checkpoint, sub_state_dict, tasks_with
+from d3epth.checkpoints import STUDENT, load_task_checkpoint, plain_data, sub_state_dict, tasks_with
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
 from d3epth.losses.hybrid import LossConfig
 from d3epth.models.depth_model import decode_depth_latent, student_depth
@@ -32,7 +32,6 @@ from d3epth.models.padding import crop_to
 from d3epth.models.student import DepthStudent, StudentConfig
 from d3epth.models.teacher.sources import TeacherSpec, load_teacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
-from d3epth.utils.arguments import plain_data
 
 
 class PixelRefinementTask(DepthTask):

@@ -7,8 +7,8 @@ dataclass would give them two homes. :func:`arguments_dataclass` derives the dat
 so the config parser (jsonargparse, behind ``tools/fit.py``) validates every key and its type at every depth, and
 the callable stays the single definition of names, types, defaults and (through its docstring) help texts.
 
-Hyper-parameters are stored in checkpoints as plain data (:func:`plain_data`), never as these classes, so a
-checkpoint loads with ``torch.load(weights_only=True)`` and outlives any change to them.
+Hyper-parameters are stored in checkpoints as plain data (:func:`d3epth.checkpoints.plain_data`), never as these
+classes, so a checkpoint loads with ``torch.load(weights_only=True)`` and outlives any change to them.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["arguments_dataclass", "plain_data"]
+__all__ = ["arguments_dataclass"]
 
 
 def arguments_dataclass(target: Callable[..., Any], name: str, module: str, skip: tuple[str, ...] = ()) -> type:
@@ -47,14 +47,3 @@ def arguments_dataclass(target: Callable[..., Any], name: str, module: str, skip
     cls.__module__ = module
     cls.__doc__ = f"The keyword arguments of ``{target.__qualname__}``.\n\n{inspect.getdoc(target) or ''}"
     return cls
-
-
-def plain_data(value: Any) -> Any:
-    """``value`` as plain containers: dataclasses and mappings become dicts, tuples and sequences lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: plain_data(getattr(value, field.name)) for field in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {key: plain_data(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain_data(item) for item in value]
-    return value

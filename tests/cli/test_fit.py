@@ -37,7 +37,7 @@ def test_fit_trains_writes_run_dir_and_resumes(
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard event file"
     assert (run / "config.yaml").read_text().count("max_steps: 2") == 1  # the resolved config, override applied
     last = run / "checkpoints" / "last.ckpt"
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2
     assert ckpt["d3epth_task"] == "PixelRefinementTask"
     assert "max_steps: 2" in ckpt["d3epth_config"]
@@ -62,10 +62,10 @@ def test_fit_trains_writes_run_dir_and_resumes(
     # Resume: continues from step 2 to 4 in the same run directory, with the optimiser state restored.
     # max_steps=3 is not a multiple of last_checkpoint_every_n_steps=2: the end of training still saves last.ckpt.
     assert fit.main(["--config", str(tiny_config), "trainer.max_steps=3", "--resume", "last"]) == 0
-    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
     assert fit.main(["--config", str(tiny_config), "trainer.max_steps=4", "--resume", "last"]) == 0
     assert not (tmp_path / "logs" / "tiny" / "version_1").exists()
-    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    resumed = torch.load(last, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 4
     steps = [step for step, _ in scalars(run)["train/loss"]]
     assert max(steps) >= 3 and min(steps) <= 1  # one run directory holds both segments

@@ -151,3 +151,23 @@ def test_bad_model_sources(tmp_path: Path, images: Path, tiny_checkpoint, capsys
     _, wrong = tiny_checkpoint("autoencoder", name="ae.ckpt")
     assert run([image, "--model", str(wrong), "--out", str(tmp_path / "o")]) == 2
     assert "ae.ckpt is an AutoencoderTask checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_non_finite_float_image_is_refused(
+    tmp_path: Path, checkpoint: Path, bad: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = np.linspace(0, 1, 12 * 16, dtype=np.float32).reshape(12, 16)
+    Image.fromarray(values).save(tmp_path / "finite.tif")  # float32 greyscale: Pillow mode "F"
+    values[3, 5] = bad
+    Image.fromarray(values).save(tmp_path / "bad.tif")
+    out = tmp_path / "out"
+    assert run([str(tmp_path / "finite.tif"), "--model", str(checkpoint), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert run([str(tmp_path / "bad.tif"), "--model", str(checkpoint), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.fullmatch(
+        rf"error: cannot read image {re.escape(str(tmp_path / 'bad.tif'))}: 1 pixel value\(s\) are NaN or Inf; .*",
+        err[0],
+    )
+    assert not (out / "depth_bw" / "bad_pred.png").exists()

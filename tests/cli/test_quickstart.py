@@ -112,7 +112,7 @@ def test_chain_trains_every_stage_reuses_and_starts_fresh(
 
     # Every stage trained its scaled number of steps, wired to the earlier stages' checkpoints.
     ckpts = stage_checkpoints(logs)
-    loaded = {name: torch.load(path, map_location="cpu", weights_only=False) for name, path in ckpts.items()}
+    loaded = {name: torch.load(path, map_location="cpu", weights_only=True) for name, path in ckpts.items()}
     for stage in quickstart.STAGES:
         assert loaded[stage.name]["global_step"] == expected_steps(stage), stage.name
     hparams = {name: ckpt["hyper_parameters"] for name, ckpt in loaded.items()}
@@ -175,7 +175,7 @@ def test_chain_trains_every_stage_reuses_and_starts_fresh(
     fresh = stage_checkpoints(logs)  # version_0 again: the old runs were deleted
     for name, path in fresh.items():
         assert path.stat().st_mtime_ns > mtimes[name], name
-        assert torch.load(path, map_location="cpu", weights_only=False)["global_step"] == loaded[name]["global_step"]
+        assert torch.load(path, map_location="cpu", weights_only=True)["global_step"] == loaded[name]["global_step"]
 
 
 def test_interrupted_stage_resumes_in_its_run_directory(
@@ -185,13 +185,13 @@ def test_interrupted_stage_resumes_in_its_run_directory(
     baseline = next(stage for stage in quickstart.STAGES if stage.name == "baseline")  # needs no other stage
     logs = tmp_path / "logs"
     first = Path(quickstart.run_stage(baseline, {}, logs, 0.001))
-    assert torch.load(first, map_location="cpu", weights_only=False)["global_step"] == 1
+    assert torch.load(first, map_location="cpu", weights_only=True)["global_step"] == 1
     assert "python tools/fit.py --config configs/sample/baseline.yaml" in capsys.readouterr().out
 
     # A larger scale is a longer run of the same stage: it continues from step 1 instead of starting over.
     second = Path(quickstart.run_stage(baseline, {}, logs, 0.002))
     assert second == first
-    assert torch.load(second, map_location="cpu", weights_only=False)["global_step"] == 2
+    assert torch.load(second, map_location="cpu", weights_only=True)["global_step"] == 2
     assert "resuming from step 1 of 2" in capsys.readouterr().out
     assert not (logs / "sample_baseline" / "version_1").exists()
 

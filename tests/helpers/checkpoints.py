@@ -3,11 +3,13 @@
 The one place the tests build task checkpoints: ``tiny_task(kind)`` makes an autoencoder, teacher, stage-1, stage-2
 (light or VAE pixel decoder) or baseline task on the tiny test backbone and the tiny random teacher;
 ``save_task`` writes the checkpoint Lightning writes for it. ``tests/conftest.py``'s ``tiny_checkpoint`` fixture
-caches ``(task, path)`` pairs for a whole session.
+caches ``(task, path)`` pairs for a whole session. ``poisoned_copy`` writes a copy of one that carries a pickle
+payload, for the tests that check no loader ever runs it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,4 +80,30 @@ def save_task(task: L.LightningModule, path: Path) -> Path:
     trainer = quiet_trainer()
     trainer.strategy.connect(task)
     trainer.save_checkpoint(path)
+    return path
+
+
+class MarkerPayload:
+    """An object whose unpickling creates the directory ``marker``: the stand-in for a malicious checkpoint's code.
+
+    ``__reduce__`` tells pickle to rebuild it by calling ``os.mkdir(marker)``, which any unrestricted unpickler
+    (``torch.load(..., weights_only=False)``, ``pickle.load``) does; ``marker`` existing afterwards means it ran.
+    """
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.mkdir, (self.marker,)
+
+
+def poisoned_copy(source: Path, path: Path, marker: Path) -> Path:
+    """Write to ``path`` the checkpoint ``source`` with a :class:`MarkerPayload` added to its hyper-parameters.
+
+    Everything else (``d3epth_task``, weights, hyper-parameters) is kept, so a loader can refuse it only for the
+    payload. Returns ``path``.
+    """
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint["hyper_parameters"]["payload"] = MarkerPayload(marker)
+    torch.save(checkpoint, path)
     return path

@@ -94,7 +94,7 @@ def test_load_task_rebuilds_the_task_the_registry_names(stage1: tuple[LatentDist
 def test_student_checkpoint_that_does_not_match_its_student(
     tmp_path: Path, stage2: tuple[PixelRefinementTask, Path]
 ) -> None:
-    checkpoint = torch.load(stage2[1], map_location="cpu", weights_only=False)
+    checkpoint = torch.load(stage2[1], map_location="cpu", weights_only=True)
     checkpoint["hyper_parameters"]["student"]["decoder_channels"] = 8
     torch.save(checkpoint, tmp_path / "changed.ckpt")
     with pytest.raises(CheckpointError, match=r"changed\.ckpt \(PixelRefinementTask\) does not match the student"):

@@ -60,7 +60,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.timeout(120)
 def test_two_process_result_equals_single_process(tmp_path: Path) -> None:
     mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
 
     for alignment in ("depth", "disparity"):
         reference = BaseDepthMetric(benchmark="nyu", crop="none", alignment=alignment)

@@ -51,13 +51,13 @@ def test_stage1_teacher_frozen_and_out_of_checkpoint(tmp_path: Path, datamodule_
 
     path = tmp_path / "stage1.ckpt"
     fit.save_checkpoint(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["d3epth_task"] == "LatentDistillationTask"
     assert ckpt["state_dict"] and not [k for k in ckpt["state_dict"] if k.startswith("teacher.")]
     assert any(k.startswith("student.latent_head") for k in ckpt["state_dict"])
 
     # The checkpoint alone rebuilds the task (the teacher from its source) with the trained student.
-    restored = LatentDistillationTask.load_from_checkpoint(path, map_location="cpu")
+    restored = LatentDistillationTask.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     for key, value in task.student.state_dict().items():
         assert torch.equal(restored.student.state_dict()[key], value), key
 

@@ -219,7 +219,7 @@ def test_fit_autoencoder_then_teacher_then_load(tmp_path: Path, monkeypatch: pyt
 
     # Training changed the UNet, and the checkpoint holds the trained weights.
     fresh = TeacherTask({"config": {"block_out_channels": [32, 32], "seed": 0}, "vae_from": str(ae_ckpt)})
-    trained = TeacherTask.load_from_checkpoint(ckpt)
+    trained = TeacherTask.load_from_checkpoint(ckpt, weights_only=True)
     assert trained.hparams.mode == "diffusion" and trained.teacher.noise_scheduler.config.rescale_betas_zero_snr
     weight = "conv_in.weight"
     assert not torch.allclose(trained.teacher.unet.state_dict()[weight], fresh.teacher.unet.state_dict()[weight])

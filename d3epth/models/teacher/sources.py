@@ -23,6 +23,7 @@ from d3epth.checkpoints import (
     AUTOENCODER,
     TEACHER,
     load_task_checkpoint,
+    plain_data,
     resolve_run_checkpoint,
     sub_state_dict,
     tasks_with,
@@ -30,7 +31,6 @@ from d3epth.checkpoints import (
 from d3epth.models.teacher import build, hub
 from d3epth.models.teacher.build import TeacherArchitecture, build_autoencoder
 from d3epth.models.teacher.model import DiffusionDepthTeacher
-from d3epth.utils.arguments import plain_data
 
 __all__ = ["TEACHER_ARCH_KEY", "TeacherSpec", "load_autoencoder", "load_teacher", "teacher_architecture"]
 
@@ -83,17 +83,6 @@ def _check_keys(keys: Any, allowed: list[str], where: str) -> None:
             raise ValueError(f"{where}: unknown key '{key}'{hint}")
 
 
-def _plain(value: Any) -> Any:
-    """Diffusers configs (FrozenDict, tuples) as plain containers, so checkpoints load with ``weights_only=True``."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Teacher checkpoints
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,9 +91,9 @@ def _plain(value: Any) -> Any:
 def teacher_architecture(teacher: DiffusionDepthTeacher) -> dict[str, Any]:
     """What rebuilds ``teacher`` without its sources: UNet/VAE/scheduler configs and the empty-prompt embedding."""
     return {
-        "unet": _plain(teacher.unet.config),
-        "vae": _plain(teacher.vae.config),
-        "scheduler": _plain(teacher.noise_scheduler.config),
+        "unet": plain_data(teacher.unet.config),
+        "vae": plain_data(teacher.vae.config),
+        "scheduler": plain_data(teacher.noise_scheduler.config),
         "empty_text_embedding": teacher.empty_text_embedding.detach().float().cpu().clone(),
         "text_source": teacher.text_source,
     }
