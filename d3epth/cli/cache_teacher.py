@@ -2,8 +2,8 @@
 
 Usage::
 
-    python tools/cache_teacher.py --config configs/stage1.yaml --out cache/stage1_teacher [key=value ...]
-    python tools/fit.py --config configs/stage1.yaml data.init_args.teacher_cache=cache/stage1_teacher
+    python tools/cache_teacher.py --config configs/stage1.yaml --out cache/stage1_teacher [--key.path=value ...]
+    python tools/fit.py --config configs/stage1.yaml --data.init_args.teacher_cache=cache/stage1_teacher
 
 The config is the stage-1 run config: its ``data`` node gives the training sets (each sample is taken as its dataset
 returns it, after the dataset's own resize / crop, before augmentation) and ``model.init_args.teacher`` the teacher
@@ -26,26 +26,23 @@ from pathlib import Path
 import torch
 
 import d3epth
-from d3epth.cli.common import add_config_arguments, fail
-from d3epth.config import ConfigError, instantiate, load_config, to_container
-from d3epth.errors import TeacherCacheError
+from d3epth.cli.common import add_config_arguments, fail, one_line_errors
+from d3epth.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of ``tools/cache_teacher.py``."""
     parser = argparse.ArgumentParser(
         prog="tools/cache_teacher.py",
+        allow_abbrev=False,  # --d... must not be taken for --dtype: the config overrides pass through
+        epilog="Any other --key.path=value option overrides the config, as in tools/fit.py.",
         description=(
             "Cache the teacher's stage-1 targets (one-step depth latent of each training image and of its mirror) so "
             "that stage 1 reads them instead of running the teacher every step. Use the cache with "
-            "data.init_args.teacher_cache=<out>."
+            "--data.init_args.teacher_cache=<out>."
         ),
     )
-    add_config_arguments(
-        parser,
-        config_help="stage-1 run config (e.g. configs/stage1.yaml)",
-        overrides_help="dotted config overrides, e.g. model.init_args.teacher=DIR",
-    )
+    add_config_arguments(parser, config_help="stage-1 run config (e.g. configs/stage1.yaml)")
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -68,39 +65,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Parse arguments, build the training sets and the teacher, and fill the cache. Returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args, overrides = build_parser().parse_known_args(argv)
     for name in ("batch_size", "shard_size"):
         if getattr(args, name) < 1:
             return fail(f"--{name.replace('_', '-')} must be >= 1")
 
+    from d3epth.cli.trainer import build_cli  # heavy: imported after parsing (see d3epth.cli)
     from d3epth.data.teacher_cache import TeacherCacheWriter, check_cacheable, fill_cache, teacher_fingerprint
-    from d3epth.models.teacher import load_teacher  # heavy: imported after parsing (see d3epth.cli)
+    from d3epth.models.teacher import load_teacher
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        source = to_container(cfg.get("model", {}).get("init_args", {}).get("teacher"))
-        if source is None:
-            raise ConfigError(f"{args.config}: no model.init_args.teacher; this tool needs a stage-1 config")
-        data_args = cfg.get("data", {}).get("init_args", {}) or {}
-        out = args.out or to_container(data_args.get("teacher_cache"))
-        if not out:
-            raise ConfigError("give --out DIR (the config sets no data.init_args.teacher_cache)")
-        # The datamodule is built without its cache: this run is what writes it.
-        datamodule = instantiate(cfg.data, teacher_cache=None)
-        train_sets = getattr(datamodule, "train_sets", None)
-        if not train_sets:
-            raise ConfigError(f"{args.config}: the datamodule has no training sets (data.init_args.train)")
-        check_cacheable(train_sets, getattr(datamodule, "train_transforms", None))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        return fail(err)
+    configs = [arg for path in args.config for arg in ("--config", path)]
+    cli = build_cli([*configs, *overrides], prog="tools/cache_teacher.py", parse_only=True)
+    model = cli.config.get("model") or {}
+    source = model.get("init_args", {}).get("teacher") if model.get("init_args") else None
+    if source is None:
+        raise ConfigError(f"{args.config[-1]}: no model.init_args.teacher; this tool needs a stage-1 config")
+    source = source.as_dict() if hasattr(source, "as_dict") else source
+    out = args.out or cli.config.data.init_args.get("teacher_cache")
+    if not out:
+        raise ConfigError("give --out DIR (the config sets no data.init_args.teacher_cache)")
+    # The datamodule is built without its cache: this run is what writes it.
+    datamodule = cli.build_datamodule(teacher_cache=None)
+    train_sets = getattr(datamodule, "train_sets", None)
+    if not train_sets:
+        raise ConfigError(f"{args.config[-1]}: the datamodule has no training sets (data.init_args.train)")
+    check_cacheable(train_sets, getattr(datamodule, "train_transforms", None))
 
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    try:
-        teacher = load_teacher(source, freeze=True, purpose="model.init_args.teacher")
-    except (ValueError, FileNotFoundError) as err:
-        return fail(err)
+    teacher = load_teacher(source, freeze=True, purpose="model.init_args.teacher")
     info = {
         "source": source,
         "fingerprint": teacher_fingerprint(teacher),  # before moving: the training run hashes it on the CPU too
@@ -108,28 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         "latent_channels": int(teacher.latent_channels),
     }
     teacher = teacher.to(device)
-    try:
-        writer = TeacherCacheWriter(out, info, args.dtype, d3epth.__version__)
-    except ValueError as err:
-        return fail(err)
-
+    writer = TeacherCacheWriter(out, info, args.dtype, d3epth.__version__)
     start = time.perf_counter()
-    try:
-        computed, skipped = fill_cache(
-            writer,
-            train_sets,
-            teacher,
-            device,
-            batch_size=args.batch_size,
-            shard_size=args.shard_size,
-            num_workers=args.num_workers,
-            progress=not args.no_progress,
-        )
-    except TeacherCacheError as err:
-        return fail(err)
+    computed, skipped = fill_cache(
+        writer,
+        train_sets,
+        teacher,
+        device,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
     elapsed = time.perf_counter() - start
     print(
         f"teacher cache {Path(out)}: computed {computed} samples (x2 flips) in {elapsed:.1f} s on {device}, "
-        f"{skipped} already cached; train with data.init_args.teacher_cache={out}"
+        f"{skipped} already cached; train with --data.init_args.teacher_cache={out}"
     )
     return 0

@@ -16,7 +16,15 @@ from collections.abc import Callable
 
 from d3epth.errors import D3epthError
 
-__all__ = ["USER_ERRORS", "add_config_arguments", "debug_requested", "fail", "one_line_errors", "parser_from_docstring"]
+__all__ = [
+    "USER_ERRORS",
+    "add_config_arguments",
+    "debug_requested",
+    "fail",
+    "one_line_errors",
+    "parser_from_docstring",
+    "root_error",
+]
 
 #: Exceptions that are the user's to fix; their message is what the user sees.
 USER_ERRORS: tuple[type[BaseException], ...] = (D3epthError, ValueError, OSError)
@@ -44,6 +52,21 @@ def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("D3EPTH_DEBUG", "") not in ("", "0")
 
 
+#: How jsonargparse's wrappers around an error raised while building a class begin; the error inside is the news.
+_PARSER_WRAPPERS = (
+    "Does not validate against any of the Union subtypes",
+    "Problem with given class_path",
+    "Parser key",
+)
+
+
+def root_error(err: BaseException) -> BaseException:
+    """The error a constructor raised, without the jsonargparse wrappers that instantiation adds around it."""
+    while err.__cause__ is not None and str(err).startswith(_PARSER_WRAPPERS):
+        err = err.__cause__
+    return err
+
+
 def one_line_errors(main: Callable[[list[str]], int]) -> Callable[[list[str] | None], int]:
     """Wrap a tool's ``main(argv)``: user errors become one line and exit status 2 (see the module docstring)."""
 
@@ -58,9 +81,10 @@ def one_line_errors(main: Callable[[list[str]], int]) -> Callable[[list[str] | N
                 raise
             return fail("interrupted; a training run continues with --resume last", code=130)
         except USER_ERRORS as err:
-            if debug:
+            root = root_error(err)
+            if debug or not isinstance(root, USER_ERRORS):
                 raise
-            return fail(err)
+            return fail(root)
 
     return wrapper
 

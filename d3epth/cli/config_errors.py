@@ -28,8 +28,8 @@ _SUBTYPES_CONTAINER = re.compile(r"^Subtypes: \[(?:collections\.abc\.|typing\.)?
 _IGNORED_LEAVES = ("Expected a <class 'NoneType'>",)
 
 
-def _leaves(lines: list[tuple[int, str]]) -> list[tuple[list[str], list[str], str]]:
-    """Every leaf message with its key path (``*`` where a mapping key or list index goes) and the classes above it."""
+def _leaves(lines: list[tuple[int, str]]) -> list[tuple[list[str], list[str], str, int]]:
+    """Every leaf message with its key path (``*`` for a mapping key or list index), the classes above it, its line."""
     results = []
     for index, (indent, text) in enumerate(lines):
         if _PARSER_KEY.match(text) or _CLASS_PATH.match(text) or text.lstrip("- ") in _IGNORED_LEAVES:
@@ -55,7 +55,7 @@ def _leaves(lines: list[tuple[int, str]]) -> list[tuple[list[str], list[str], st
                 path += (["*"] if container else []) + ([] if _is_dataclass(klass.group(1)) else ["init_args"])
                 classes.append(klass.group(1))
                 container = False
-        results.append((path + (["*"] if container else []), classes, text.lstrip("- ")))
+        results.append((path + (["*"] if container else []), classes, text.lstrip("- "), index))
     return results
 
 
@@ -123,8 +123,14 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
     leaves = _leaves(lines)
     if not leaves:
         return " ".join(text for _, text in lines)
-    path, classes, leaf = max(leaves, key=lambda item: len(item[0]))
+    # The deepest branch is the one that got furthest (a TeacherSpec mapping, not the str alternative beside it).
+    path, classes, leaf, index = max(leaves, key=lambda item: len(item[0]) + len(item[1]))
     klass = classes[-1] if classes else None
+    if re.fullmatch(r"Expected a [^.]+", leaf):  # a union's alternatives all failed: name them and the value
+        subtypes = next((t for _, t in reversed(lines[:index]) if t.startswith("Subtypes:")), "")
+        given = next((t for _, t in lines[index:] if t.startswith("Given value:")), "Given value: ?")
+        names = [n for n in re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", subtypes) if n != "NoneType"]
+        leaf = f"Expected a {' or '.join(names) or leaf[11:]}. Got value: {given.split(': ', 1)[1]}"
 
     if match := re.match(r"Option '([^']+)' is not accepted|Group '([^']+)' does not accept option '([^']+)'", leaf):
         if match.group(1):
@@ -137,6 +143,7 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
         return f"{source}: unknown key '{key}'{f' ({klass})' if klass and path else ''}{_closest(name, valid)}"
     if match := re.match(r"Expected a (.+?)\. Got value: (.*)", leaf):
         expected = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", match.group(1))
+        expected = re.sub(r"typing\.Literal\[(.*)\]", r"one of \1", expected)
         source, key = _where(sources, path, match.group(2))
         return f"{source}: {key}: expected {expected}, got {match.group(2)!r}"
     if match := re.match(r"Import path (\S+) does not correspond to a subclass of (\S+)", leaf):
@@ -145,6 +152,10 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
             f"{source}: {key}: '{match.group(1)}' is not a subclass of {match.group(2)}; a config may only name "
             "classes of the expected kind (functions and other callables are never called from a config)"
         )
+    if match := re.match(r"the following arguments are required: (.+)", leaf):
+        source, key = _where(sources, path[:-1] if path[-1:] == ["init_args"] else path)
+        names = ", ".join(f"'{name}'" for name in match.group(1).split(", "))
+        return f"{source}: {key} ({klass}): missing required argument {names}"
     if match := re.match(r'Key "([^"]+)" is required but not included', leaf):
         source, key = _where(sources, path[:-1] if path and path[-1] == "init_args" else path)
         return f"{source}: {key}: missing required argument '{match.group(1)}'" + (f" of {klass}" if klass else "")

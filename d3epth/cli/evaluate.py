@@ -20,8 +20,8 @@ import json
 import os
 from pathlib import Path
 
-from d3epth.cli.common import fail, parser_from_docstring
-from d3epth.config import ConfigError, instantiate, load_config
+from d3epth.cli.common import one_line_errors, parser_from_docstring
+from d3epth.errors import ConfigError
 
 #: Benchmarks with a reader here: reader class, its arguments, the root's environment variable, evaluation preset.
 BENCHMARK_READERS = {
@@ -63,10 +63,12 @@ def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     from d3epth import data  # heavy: imported after parsing (see d3epth.cli)
 
     if args.config:
-        cfg = load_config(args.config)
-        if cfg.get("data") is None:
+        from d3epth.cli.trainer import build_cli  # Lightning: imported after parsing (see d3epth.cli)
+
+        cli = build_cli(["--config", args.config], prog="tools/evaluate.py", parse_only=True)
+        if cli.config.get("data") is None:
             raise ConfigError(f"{args.config}: has no 'data' node to take test sets from")
-        datamodule = instantiate(cfg.data)
+        datamodule = cli.build_datamodule()
         if not datamodule.test_sets:
             raise ConfigError(f"{args.config}: data.init_args.test is empty")
         return dict(datamodule.test_sets), {}
@@ -83,7 +85,8 @@ def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     return datasets, presets
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Evaluate every model on every benchmark, print the table and write JSON + CSV. Returns the exit code."""
     args = build_parser().parse_args(argv)
     import torch  # heavy: imported after parsing (see d3epth.cli)
@@ -91,18 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     from d3epth.inference import evaluate, format_table, load_predictor
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        datasets, presets = benchmark_datasets(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        return fail(err)
+    datasets, presets = benchmark_datasets(args)
     rows = []
     for source in args.models:
-        try:
-            predictor = load_predictor(
-                source, device=device, num_steps=args.num_steps, ensemble_size=args.ensemble_size
-            )
-        except (FileNotFoundError, ValueError) as err:
-            return fail(err)
+        predictor = load_predictor(source, device=device, num_steps=args.num_steps, ensemble_size=args.ensemble_size)
         alignment = predictor.kind if args.alignment == "auto" else args.alignment
         results = evaluate(
             predictor.predict,

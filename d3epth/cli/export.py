@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from d3epth.cli.common import fail
+from d3epth.cli.common import fail, one_line_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,16 +155,14 @@ def _export_teacher(args: argparse.Namespace, source: Path, out: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Parse arguments and export. Returns the exit code (0 ok, 1 ONNX check failed, 2 bad input)."""
     args = build_parser().parse_args(argv)
     if args.opset < 17:
         return fail(f"--opset must be >= 17, got {args.opset}")
     source, out = Path(args.source).expanduser(), Path(args.out).expanduser()
-    try:
-        kind = _source_kind(source)
-    except (FileNotFoundError, ValueError) as err:
-        return fail(err)
+    kind = _source_kind(source)
     same = kind == "exported" and out.exists() and out.resolve() == source.resolve()
     if out.exists() and not out.is_dir():
         return fail(f"output {out} exists and is not a directory")
@@ -175,9 +173,6 @@ def main(argv: list[str] | None = None) -> int:
 
         # Only earlier export artefacts are removed (a stale vae/ or model.onnx must not outlive a new export).
         remove_export_artefacts(out)
-    try:
-        if kind == "teacher":
-            return _export_teacher(args, source, out)
-        return _export_student(args, source, kind, out)
-    except (FileNotFoundError, ValueError) as err:
-        return fail(err)
+    if kind == "teacher":
+        return _export_teacher(args, source, out)
+    return _export_student(args, source, kind, out)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from d3epth.cli.common import fail, one_line_errors
 from d3epth.data import synthetic
 from d3epth.data.prepare.hypersim import prepare_hypersim
 from d3epth.data.synthetic.contact_sheet import DATASETS, make_contact_sheet
@@ -100,11 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Entry point: generate the selected datasets under ``--out`` and the contact sheet; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+        return fail(f"--workers must be >= 1, got {args.workers}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from d3epth.cli.common import fail
+from d3epth.cli.common import fail, one_line_errors
 
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,7 +90,8 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Parse arguments, load the model, predict and write outputs. Returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     from tqdm import tqdm  # heavy: with d3epth.inference, imported after parsing (see d3epth.cli)
@@ -101,20 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.processing_resolution is not None and args.processing_resolution < 0:
         return fail(f"--processing-resolution must be >= 0, got {args.processing_resolution}")
-    try:
-        images = collect_inputs(args.inputs, args.recursive)
-        device = _device(args.device)
-        predictor = load_predictor(
-            args.model,
-            device,
-            num_steps=args.num_steps,
-            ensemble_size=args.ensemble_size,
-            processing_resolution=args.processing_resolution,
-            seed=args.seed,
-            teacher=args.teacher,
-        )
-    except (FileNotFoundError, ValueError) as err:
-        return fail(err)
+    images = collect_inputs(args.inputs, args.recursive)
+    device = _device(args.device)
+    predictor = load_predictor(
+        args.model,
+        device,
+        num_steps=args.num_steps,
+        ensemble_size=args.ensemble_size,
+        processing_resolution=args.processing_resolution,
+        seed=args.seed,
+        teacher=args.teacher,
+    )
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from d3epth.cli.common import fail, one_line_errors
 from d3epth.data.prepare.hypersim import (
     CSV_NAME,
     MAX_INVALID_RATIO,
@@ -50,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Entry point: parse ``argv``, convert, print a per-split summary; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
+        return fail(f"--workers must be >= 1, got {args.workers}")
     summaries = prepare_hypersim(
         args.dataset_dir,
         args.output_dir,

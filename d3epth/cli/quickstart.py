@@ -27,8 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from d3epth.cli.common import fail
-from d3epth.config import instantiate, load_config
+from d3epth.cli.common import fail, one_line_errors
 
 #: The repository root (configs/ and tools/ live there; d3epth is installed from it in editable mode).
 REPO = Path(__file__).resolve().parents[2]
@@ -36,35 +35,44 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: its config and the overrides that wire in earlier stages' checkpoints."""
+    """One training stage: its config and the overrides that wire in earlier stages (by run directory)."""
 
     name: str
     config: str
-    wiring: Callable[[dict[str, str]], list[str]]
+    wiring: Callable[[Path], list[str]]
     label: str
 
 
 STAGES = (
-    Stage("autoencoder", "configs/sample/autoencoder.yaml", lambda ck: [], "[0] autoencoder"),
+    Stage("autoencoder", "configs/sample/autoencoder.yaml", lambda logs: [], "[0] autoencoder"),
     Stage(
         "teacher",
         "configs/sample/teacher.yaml",
-        lambda ck: [f"model.init_args.teacher.vae_from={ck['autoencoder']}"],
+        lambda logs: [f"--model.init_args.teacher.vae_from={logs / 'sample_autoencoder'}"],
         "[1] teacher (Marigold objective)",
     ),
     Stage(
-        "stage1", "configs/sample/stage1.yaml", lambda ck: [f"model.init_args.teacher={ck['teacher']}"], "[2] stage 1"
+        "stage1",
+        "configs/sample/stage1.yaml",
+        lambda logs: [f"--model.init_args.teacher={logs / 'sample_teacher'}"],
+        "[2] stage 1",
     ),
     Stage(
-        "stage2", "configs/sample/stage2.yaml", lambda ck: [f"model.init_args.init_from={ck['stage1']}"], "[3] stage 2"
+        "stage2",
+        "configs/sample/stage2.yaml",
+        lambda logs: [f"--model.init_args.init_from={logs / 'sample_stage1'}"],
+        "[3] stage 2",
     ),
     Stage(
         "stage2_vae",
         "configs/sample/stage2_vae.yaml",
-        lambda ck: [f"model.init_args.init_from={ck['stage1']}", f"model.init_args.teacher={ck['teacher']}"],
+        lambda logs: [
+            f"--model.init_args.init_from={logs / 'sample_stage1'}",
+            f"--model.init_args.teacher={logs / 'sample_teacher'}",
+        ],
         "[3] stage 2, VAE decoder",
     ),
-    Stage("baseline", "configs/sample/baseline.yaml", lambda ck: [], "baseline (no teacher)"),
+    Stage("baseline", "configs/sample/baseline.yaml", lambda logs: [], "baseline (no teacher)"),
 )
 
 #: Rows of the final table: model name, the stage whose checkpoint it is.
@@ -91,31 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale: float) -> str:
-    """Train one stage unless its last checkpoint already reached max_steps; return that checkpoint's path."""
-    from d3epth.checkpoints import read_checkpoint  # heavy (torch): imported after parsing (see d3epth.cli)
-    from d3epth.cli.trainer import fit, run_dir
+def run_stage(stage: Stage, logs: Path, steps_scale: float) -> str:
+    """Train one stage unless a completed run of it reached max_steps; return its final checkpoint's path."""
+    from d3epth.checkpoints import COMPLETED_MARKER  # heavy (torch): imported after parsing (see d3epth.cli)
+    from d3epth.cli.trainer import build_cli, fit
 
-    overrides = [f"logger.save_dir={logs}", *stage.wiring(checkpoints)]
-    cfg = load_config(REPO / stage.config, overrides)
-    max_steps = max(1, round(int(cfg.trainer.max_steps) * steps_scale))
-    interval = max(1, min(int(cfg.trainer.val_check_interval), max_steps))
-    cfg.trainer.max_steps, cfg.trainer.val_check_interval = max_steps, interval
-    overrides += [f"trainer.max_steps={max_steps}", f"trainer.val_check_interval={interval}"]  # for the printed command
+    overrides = [f"--logger.save_dir={logs}", *stage.wiring(logs)]
+    config = build_cli(["--config", str(REPO / stage.config), *overrides], parse_only=True).config
+    max_steps = max(1, round(int(config.trainer.max_steps) * steps_scale))
+    interval = max(1, min(int(config.trainer.val_check_interval), max_steps))
+    overrides += [f"--trainer.max_steps={max_steps}", f"--trainer.val_check_interval={interval}"]
 
-    last = sorted(run_dir(cfg).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    resume = None
-    if last:
-        step = read_checkpoint(last[-1], f"{stage.label} (resume)")["global_step"]
-        if step >= max_steps:
-            print(f"== {stage.label}: done ({last[-1]}, step {step}), reusing it", flush=True)
-            return str(last[-1])
-        resume = "last"
-        print(f"== {stage.label}: resuming from step {step} of {max_steps}", flush=True)
-    else:
-        print(f"== {stage.label}: python tools/fit.py --config {stage.config} {' '.join(overrides)}", flush=True)
+    run = logs / str(config.run_name)
+    for marker in sorted(run.glob(f"version_*/{COMPLETED_MARKER}"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if json.loads(marker.read_text())["global_step"] >= max_steps:
+            print(f"== {stage.label}: done ({marker.parent}), reusing it", flush=True)
+            return str(marker.parent / "checkpoints" / "last.ckpt")
+    resume = ["--resume", "last"] if list(run.glob("version_*/checkpoints/last.ckpt")) else []
+    command = ["--config", stage.config, *overrides, *resume]
+    print(f"== {stage.label}: python tools/fit.py {' '.join(command)}", flush=True)
     start = time.perf_counter()
-    trainer = fit(cfg, resume=resume)
+    trainer = fit([*command[:1], str(REPO / stage.config), *command[2:]])
     ckpt = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
     print(f"== {stage.label}: {max_steps} steps in {time.perf_counter() - start:.0f} s → {ckpt}", flush=True)
     return str(ckpt)
@@ -123,13 +127,16 @@ def run_stage(stage: Stage, checkpoints: dict[str, str], logs: Path, steps_scale
 
 def evaluate_models(checkpoints: dict[str, str], data_config: Path) -> list[dict[str, object]]:
     """Score every trained model on the sample test sets and time it at the sample resolution."""
+    from d3epth.cli.trainer import build_cli
     from d3epth.inference import (  # heavy: imported after parsing (see d3epth.cli)
         evaluate,
         load_predictor,
         time_per_image,
     )
 
-    datamodule = instantiate(load_config(data_config).data)
+    datamodule = build_cli(
+        ["--config", str(data_config)], prog="tools/quickstart.py", parse_only=True
+    ).build_datamodule()
     test_sets = dict(datamodule.test_sets)
     size = tuple(test_sets["hypersim"][0]["image"].shape[-2:])
     rows: list[dict[str, object]] = []
@@ -145,7 +152,8 @@ def evaluate_models(checkpoints: dict[str, str], data_config: Path) -> list[dict
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+@one_line_errors
+def main(argv: list[str]) -> int:
     """Run the chain, print the table and the TensorBoard command. Returns the exit code."""
     args = build_parser().parse_args(argv)
     data, logs = Path(args.data).resolve(), Path(args.logs).resolve()
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoints: dict[str, str] = {}
     for stage in STAGES:
-        checkpoints[stage.name] = run_stage(stage, checkpoints, logs, args.steps_scale)
+        checkpoints[stage.name] = run_stage(stage, logs, args.steps_scale)
 
     print("== evaluating every model on the held-out sample test sets", flush=True)
     rows = evaluate_models(checkpoints, REPO / "configs" / "sample" / "data.yaml")

@@ -157,8 +157,14 @@ class D3epthCLI(LightningCLI):
     """
 
     def __init__(
-        self, args: list[str], sources: list[ConfigSource], default_run_name: str | None, prog: str = "tools/fit.py"
+        self,
+        args: list[str],
+        sources: list[ConfigSource],
+        default_run_name: str | None,
+        prog: str = "tools/fit.py",
+        parse_only: bool = False,
     ) -> None:
+        self.parse_only = parse_only
         self.sources = sources
         self.default_run_name = default_run_name or "run"
         self.ckpt_path: Path | None = None
@@ -180,6 +186,12 @@ class D3epthCLI(LightningCLI):
             args=args,
         )
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """LightningCLI's trainer / model / data; the model is optional for the data-only tools (``parse_only``)."""
+        super().add_core_arguments_to_parser(parser)
+        if self.parse_only:  # a placeholder default, never built: build_datamodule drops the model
+            parser.set_defaults(model={"class_path": "lightning.pytorch.LightningModule"})
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """d3epth's options beside model / data / trainer / seed_everything."""
         parser.add_argument("--run_name", type=str | None, default=None, help="run folder under logger.save_dir")
@@ -192,6 +204,7 @@ class D3epthCLI(LightningCLI):
         }  # the best checkpoint lives in the run directory; last.ckpt saves on errors
         parser.add_class_arguments(ModelCheckpoint, "checkpoint", skip=skip, instantiate=False)
         parser.add_class_arguments(TensorBoardLogger, "logger", skip={"name", "version"}, instantiate=False)
+        parser.set_defaults({"logger.save_dir": "lightning_logs"})
         parser.add_argument(
             "--resume",
             type=str | None,
@@ -215,6 +228,19 @@ class D3epthCLI(LightningCLI):
         if self.config.run_name is None:
             self.config.run_name = self.default_run_name
         self.ckpt_path, self.version = resolve_resume(self.run_dir, self.config.resume)
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer (not when ``parse_only``: tools that need only parts build those)."""
+        if not self.parse_only:
+            super().instantiate_classes()
+
+    def build_datamodule(self, **init_args: Any) -> L.LightningDataModule:
+        """Only the datamodule of a parsed config, with ``init_args`` overridden (for the data-only tools)."""
+        config = self.config.clone()
+        config.model = None
+        for key, value in init_args.items():
+            config.data.init_args[key] = value
+        return self.parser.instantiate_classes(config).data
 
     @property
     def run_dir(self) -> Path:
@@ -243,15 +269,17 @@ class D3epthCLI(LightningCLI):
         return super().instantiate_trainer(logger=logger, callbacks=callbacks, **kwargs)
 
 
-def build_cli(argv: list[str], prog: str = "tools/fit.py") -> D3epthCLI:
-    """Expand ``base:`` files, parse and build model, data and trainer (``--print_config`` prints and exits).
+def build_cli(argv: list[str], prog: str = "tools/fit.py", parse_only: bool = False) -> D3epthCLI:
+    """Expand ``base:`` files, parse and (unless ``parse_only``) build model, data and trainer.
+
+    ``--print_config`` prints the complete config and exits (``SystemExit(0)``), as in any LightningCLI.
 
     Raises:
         ConfigError: any config error (one line); errors of the classes being built propagate as they are.
     """
     quiet_lightning()
     args, sources, stem = expand_config_arguments(argv)
-    return D3epthCLI(args, sources, stem, prog=prog)
+    return D3epthCLI(args, sources, stem, prog=prog, parse_only=parse_only)
 
 
 def fit(argv: list[str]) -> L.Trainer:
