@@ -49,11 +49,16 @@ def iter_exponential(step: int, total_steps: int, warmup_steps: int = 100, final
 def student_parameter_groups(student: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Optimiser groups of a :class:`~d3epth.models.DepthStudent`.
 
-    The backbone runs at ``backbone_lr_scale`` × ``lr``; the decoder and heads at ``lr``.
+    The backbone runs at ``backbone_lr_scale`` × ``lr``; the decoder and heads at ``lr``. Frozen parameters (see
+    :meth:`~d3epth.models.DepthStudent.freeze_unused`) stay out.
     """
     return [
-        {"name": "backbone", "params": list(student.backbone.parameters()), "lr": lr * backbone_lr_scale},
-        {"name": "decoder", "params": list(student.decoder_parameters())},
+        {
+            "name": "backbone",
+            "params": [p for p in student.backbone.parameters() if p.requires_grad],
+            "lr": lr * backbone_lr_scale,
+        },
+        {"name": "decoder", "params": [p for p in student.decoder_parameters() if p.requires_grad]},
     ]
 
 
