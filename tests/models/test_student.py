@@ -174,7 +174,9 @@ def test_only_the_decoder_levels_the_heads_read_are_built_and_old_full_pyramids_
     # A new student's state dict round-trips strictly.
     fresh = make_student(heads=("latent",), seed=1)
     fresh.load_state_dict(latent_only.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), latent_only.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), latent_only.state_dict().values(), strict=True)
+    )
     # Students written when every level was built (never-read levels included) still load strictly.
     extra = {k: v for k, v in depth_only.state_dict().items() if k.startswith("decoder.")}
     old = {**extra, **latent_only.state_dict()}
