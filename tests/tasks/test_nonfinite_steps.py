@@ -172,3 +172,19 @@ def test_an_inf_loss_alone_is_caught_and_named() -> None:
     guard.record_loss(torch.tensor(float("inf")))
     with pytest.raises(TrainingDivergedError, match=r"samples: d:x\.png\)"):
         guard.conclude(module, torch.optim.SGD(module.parameters(), lr=1.0))
+
+
+def test_a_batch_without_valid_depth_contributes_no_loss_and_is_counted(
+    batches: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    good = batches[0]
+    empty = {
+        **good,
+        "valid_mask": torch.zeros_like(good["valid_mask"]),
+        **{key: torch.zeros_like(good[key]) for key in ("depth", "depth_norm")},
+    }
+    task, trainer = train("baseline", [empty], tmp_path)
+    metrics = trainer.callback_metrics
+    assert metrics["train/empty_batches"] == 1.0 and metrics["train/skipped_steps"] == 0.0
+    assert metrics["train/loss"] == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in task.student.parameters() if p.requires_grad)
