@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "MissingFileError",
     "TeacherCacheError",
+    "TrainingDivergedError",
 ]
 
 
@@ -39,3 +40,7 @@ class CheckpointError(D3epthError, ValueError):
 
 class TeacherCacheError(DataError):
     """A teacher cache does not match what is being trained (entry missing, other size, teacher or dataset)."""
+
+
+class TrainingDivergedError(D3epthError, RuntimeError):
+    """Training stopped: too many optimiser steps in a row were non-finite, or the weights are no longer finite."""

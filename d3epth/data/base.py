@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from d3epth.data.sample import Sample
 from d3epth.data.transforms import Compose, KBCrop, Resize, Transform, normalize_depth
+from d3epth.errors import DataError
 
 #: PIL modes of a 16-bit single-channel PNG ("I" is what older Pillow versions report).
 UINT16_MODES: frozenset[str] = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
@@ -289,6 +290,11 @@ class BaseDepthDataset(Dataset):
         rgb, raw = self._read_pair(entry)
         depth = self.depth_from_raw(raw)
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        # 8/16-bit PNGs are always finite, but a reader of float files (EXR, HDF5) must map NaN/Inf to an invalid
+        # value itself: past this point an Inf depth would pass as "beyond max_depth" and a NaN would reach depth_norm.
+        for tensor, column in ((image, "rgb"), (depth, "depth")):
+            if not bool(torch.isfinite(tensor).all()):
+                raise DataError(f"{entry[column]}: holds NaN or Inf values (listed at {entry['where']})")
         sample: Sample = {
             "image": image.contiguous(),
             "depth": depth,

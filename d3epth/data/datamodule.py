@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from d3epth.data.base import BaseDepthDataset
+from d3epth.data.faults import CheckedDataset, probe_valid_depth
 from d3epth.data.hypersim import HypersimDataset
 from d3epth.data.resume import ResumableDataLoader, SeededConcatDataset
 from d3epth.data.sample import FLIP_PAIRS, Sample, collate_samples
@@ -148,6 +149,9 @@ class DepthDataModule(L.LightningDataModule):
             target ``teacher_latent`` (of the flipped image when flipped), and stage 1 does not run the teacher on
             them. Every training set must be cached, configured as when cached, and without ``train_transforms``;
             the task that consumes the targets checks the teacher against the cache (stage 1 at ``fit``).
+        skip_bad_samples: a training sample whose file is unreadable or corrupt, or that holds NaN/Inf, is replaced
+            by the next good sample of its set (warned, counted as ``train/skipped_samples``) instead of stopping
+            training with an error that names it (see :mod:`d3epth.data.faults`).
 
     Attributes:
         teacher_cache: the opened :class:`~d3epth.data.teacher_cache.TeacherCache`, or ``None``; read-only.
@@ -171,8 +175,11 @@ class DepthDataModule(L.LightningDataModule):
         drop_last: bool = True,
         seed: int = 2024,
         teacher_cache: str | None = None,
+        skip_bad_samples: bool = False,
     ) -> None:
         super().__init__()
+        self.skip_bad_samples = bool(skip_bad_samples)
+        self._probed = False
         self.train_sets = _check_sets(train, "train")
         self.val_sets = _check_sets(val, "val")
         self.test_sets = _check_sets(test, "test")
@@ -307,6 +314,7 @@ class DepthDataModule(L.LightningDataModule):
         lookup = self._teacher_cache.lookup(name)
         return Compose([lookup, self.train_augment]) if self.train_augment is not None else lookup
 
+<<<<<<< HEAD
     def train_dataset(self) -> SeededConcatDataset:
         """The training sets (augmented), concatenated in ``train_set_names`` order.
 
@@ -317,6 +325,16 @@ class DepthDataModule(L.LightningDataModule):
             augment = self._augment_for(name)
             sets.append(AugmentedDataset(dataset, augment) if augment is not None else dataset)
         return SeededConcatDataset(sets)
+=======
+    def train_dataset(self) -> ConcatDataset:
+        """The training sets (augmented, checked) concatenated in ``train_set_names`` order."""
+        sets: list[Dataset] = []
+        for name, dataset in self.train_sets.items():
+            augment = self._augment_for(name)
+            augmented = AugmentedDataset(dataset, augment) if augment is not None else dataset
+            sets.append(CheckedDataset(augmented, name, self.skip_bad_samples))
+        return ConcatDataset(sets)
+>>>>>>> wt-faults
 
     def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
         rank, world = self._rank_world()
@@ -337,8 +355,27 @@ class DepthDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
 
+<<<<<<< HEAD
     def train_dataloader(self) -> ResumableDataLoader:
         """One loader over all training sets, batches from :meth:`train_sampler`; resumable mid-epoch."""
+=======
+    def setup(self, stage: str | None = None) -> None:
+        """For ``fit``, once: refuse a training set without a valid depth pixel.
+
+        A bounded probe, see :func:`~d3epth.data.faults.probe_valid_depth`.
+
+        Raises:
+            DataError: naming the set (or a bad file met while probing, unless ``skip_bad_samples``).
+        """
+        if stage not in ("fit", None) or self._probed:
+            return
+        for name, dataset in self.train_sets.items():
+            probe_valid_depth(CheckedDataset(dataset, name, self.skip_bad_samples))
+        self._probed = True
+
+    def train_dataloader(self) -> DataLoader:
+        """One loader over all training sets, batches from :meth:`train_sampler`."""
+>>>>>>> wt-faults
         if not self.train_sets:
             raise ValueError("DepthDataModule: no training sets configured (data.init_args.train)")
         self._check_trainer()

@@ -16,7 +16,8 @@ key             dtype, shape                           meaning
 
 Optional keys: ``intrinsics`` float32 ``[3,3]`` where known; ``teacher_latent`` float32 ``[4,H/8,W/8]`` (rounded up)
 when a teacher cache is used, with ``teacher_latent_flipped`` (the target of the mirrored image) until the flip
-augmentation has chosen one of the two (:data:`FLIP_PAIRS`).
+augmentation has chosen one of the two (:data:`FLIP_PAIRS`); ``skipped_samples`` (int) on training samples when the
+datamodule's ``skip_bad_samples`` is on (:mod:`d3epth.data.faults`).
 
 The normalisation is Marigold's (Ke et al., "Repurposing Diffusion-Based Image Generators for Monocular Depth
 Estimation", CVPR 2024, Eq. 3; Marigold ``src/util/depth_transform.py``, ``ScaleShiftDepthNormalizer``), and the
@@ -49,7 +50,7 @@ class KeySpec:
     """One key of the sample dict.
 
     Attributes:
-        dtype: Tensor dtype, or ``None`` for a non-tensor value (``str``).
+        dtype: Tensor dtype, or ``None`` for a non-tensor value (``str``; ``int`` for ``skipped_samples``).
         shape: Shape in the notation of the docstrings (``"[1,H,W]"``), or ``""`` for a non-tensor value.
         meaning: One line for people.
     """
@@ -74,6 +75,7 @@ OPTIONAL_KEYS: dict[str, KeySpec] = {
     "intrinsics": KeySpec(torch.float32, "[3,3]", "pinhole intrinsics, OpenCV convention (pixel centres at integers)"),
     "teacher_latent": KeySpec(torch.float32, "[4,H/8,W/8]", "cached stage-1 target (sizes rounded up)"),
     "teacher_latent_flipped": KeySpec(torch.float32, "[4,H/8,W/8]", "cached stage-1 target of the mirrored image"),
+    "skipped_samples": KeySpec(None, "", "int (with skip_bad_samples): bad training files skipped for this sample"),
 }
 
 #: Sample keys with a precomputed counterpart for the mirrored image (``key -> partner``).

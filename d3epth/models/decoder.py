@@ -36,7 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DepthHead", "FPNDecoder", "FeatureAdapters", "LatentHead", "conv_norm_act", "resize_to", "scaled_size"]
+__all__ = [
+    "DepthHead",
+    "FPNDecoder",
+    "FeatureAdapters",
+    "LatentHead",
+    "conv_norm_act",
+    "decoder_strides",
+    "nearest_level",
+    "resize_to",
+    "scaled_size",
+]
 
 _NORMS = ("group", "batch", "none")
 
@@ -100,7 +110,7 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, nor
     )
 
 
-def _reassembled_strides(strides: Sequence[float]) -> list[float]:
+def decoder_strides(strides: Sequence[float]) -> list[float]:
     """Strides the decoder assigns to the input levels.
 
     A hierarchical pyramid (strictly increasing strides) keeps its strides. A pyramid with repeated strides (ViT
@@ -114,24 +124,42 @@ def _reassembled_strides(strides: Sequence[float]) -> list[float]:
     return [float(strides[i]) * 2.0 ** (i - k) for i in range(n)]
 
 
+def nearest_level(strides: Sequence[float], stride: float) -> int:
+    """Index of the level of ``strides`` closest to ``stride`` (in log scale; ties go to the finer)."""
+    return min(range(len(strides)), key=lambda i: (abs(math.log2(strides[i] / stride)), strides[i]))
+
+
 class FPNDecoder(nn.Module):
     """Feature pyramid network over a timm ``features_only`` pyramid.
 
     ``p_top = lateral_top(c_top)``, ``p_i = lateral_i(c_i) + resize(p_{i+1})``, ``out_i = smooth_i(p_i)`` where
     ``lateral_i`` is a 1x1 conv to ``channels`` and ``smooth_i`` a 3x3 conv-norm-ReLU.
 
+    Only what the heads read is built: the smoothing convs of ``levels`` and the laterals from the finest of them up.
+    A module no output depends on would never get a gradient, and DDP then needs ``find_unused_parameters`` (a
+    graph traversal every step) or fails. ``lateral`` and ``smooth`` are keyed by the level index, so a level's
+    weights have the same state-dict keys (``smooth.<i>.…``) in every configuration.
+
     Args:
         in_channels: channels of each backbone level, finest first.
         in_strides: reduction of each backbone level w.r.t. the input, finest first.
         channels: width of every decoder level.
         norm: normalisation in the smoothing convs (see :func:`conv_norm_act`).
+        levels: the levels whose outputs are read (default: all).
 
     Attributes:
-        strides: the decoder's stride per level (after the ViT reassembly, if any), finest first.
+        strides: the decoder's stride per level (after the ViT reassembly, if any), finest first; all levels, built
+            or not.
+        levels: the built output levels, ascending.
     """
 
     def __init__(
-        self, in_channels: Sequence[int], in_strides: Sequence[float], channels: int, norm: str = "group"
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[float],
+        channels: int,
+        norm: str = "group",
+        levels: Iterable[int] | None = None,
     ) -> None:
         super().__init__()
         if len(in_channels) == 0 or len(in_channels) != len(in_strides):
@@ -141,14 +169,21 @@ class FPNDecoder(nn.Module):
             )
         if channels <= 0:
             raise ValueError(f"decoder channels must be positive, got {channels}")
+        n = len(in_channels)
+        self.levels: tuple[int, ...] = tuple(sorted(set(range(n) if levels is None else levels)))
+        if not self.levels or not set(self.levels) <= set(range(n)):
+            raise ValueError(f"decoder levels must be a non-empty subset of 0..{n - 1}, got {list(self.levels)}")
         self.channels = channels
-        self.strides: list[float] = _reassembled_strides(in_strides)
-        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in in_channels)
-        self.smooth = nn.ModuleList(conv_norm_act(channels, channels, 3, norm) for _ in in_channels)
+        self.num_levels = n
+        self.strides: list[float] = decoder_strides(in_strides)
+        finest = self.levels[0]
+        self.lateral = nn.ModuleDict({str(i): nn.Conv2d(in_channels[i], channels, 1) for i in range(finest, n)})
+        self.smooth = nn.ModuleDict({str(i): conv_norm_act(channels, channels, 3, norm) for i in self.levels})
+        self.register_load_state_dict_pre_hook(_drop_unbuilt_levels)
 
     def level_for_stride(self, stride: float) -> int:
         """Index of the decoder level whose stride is closest to ``stride`` (in log scale; ties go to the finer)."""
-        return min(range(len(self.strides)), key=lambda i: (abs(math.log2(self.strides[i] / stride)), self.strides[i]))
+        return nearest_level(self.strides, stride)
 
     def forward(
         self, features: Sequence[torch.Tensor], padded_size: tuple[int, int], levels: Iterable[int] | None = None
@@ -159,16 +194,21 @@ class FPNDecoder(nn.Module):
             features: backbone maps [B,C_i,H_pad/s_i,W_pad/s_i], finest first.
             padded_size: ``(H_pad, W_pad)`` of the (padded) input image; level ``i`` is produced at
                 ``(H_pad/strides[i], W_pad/strides[i])``.
-            levels: decoder levels whose outputs are needed (default: all). The top-down path stops at the finest
-                needed level and smoothing convs run only for the needed levels.
+            levels: decoder levels whose outputs are needed (default: all built ones), a subset of :attr:`levels`.
+                The top-down path stops at the finest needed level and smoothing convs run only for the needed levels.
 
         Returns:
             One entry per level: [B,channels,H_pad/strides[i],W_pad/strides[i]], or ``None`` for levels that
             were not requested.
+
+        Raises:
+            ValueError: wrong number of feature maps, or a requested level that was not built.
         """
-        if len(features) != len(self.lateral):
-            raise ValueError(f"expected {len(self.lateral)} feature maps, got {len(features)}")
-        wanted = set(range(len(features))) if levels is None else set(levels)
+        if len(features) != self.num_levels:
+            raise ValueError(f"expected {self.num_levels} feature maps, got {len(features)}")
+        wanted = set(self.levels if levels is None else levels)
+        if not wanted <= set(self.levels):
+            raise ValueError(f"decoder levels {sorted(wanted)} requested, but only {list(self.levels)} were built")
         outputs: list[torch.Tensor | None] = [None] * len(features)
         if not wanted:
             return outputs
@@ -177,11 +217,25 @@ class FPNDecoder(nn.Module):
         top_down: torch.Tensor | None = None
         for i in range(len(features) - 1, finest - 1, -1):
             size = (scaled_size(hp, self.strides[i]), scaled_size(wp, self.strides[i]))
-            lateral = resize_to(self.lateral[i](features[i]), size)
+            lateral = resize_to(self.lateral[str(i)](features[i]), size)
             top_down = lateral if top_down is None else lateral + resize_to(top_down, size)
             if i in wanted:
-                outputs[i] = self.smooth[i](top_down)
+                outputs[i] = self.smooth[str(i)](top_down)
         return outputs
+
+
+def _drop_unbuilt_levels(module: FPNDecoder, state_dict: dict[str, torch.Tensor], prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook: drop the weights of levels this decoder does not build.
+
+    Students written before only-what-is-read was built (see :class:`FPNDecoder`) hold every level; the extra ones
+    were never read by a head, hence never trained, so dropping them loses nothing and their checkpoints still load
+    strictly.
+    """
+    built = {"lateral": module.lateral, "smooth": module.smooth}
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        parts = key[len(prefix) :].split(".")
+        if len(parts) > 2 and parts[0] in built and parts[1].isdigit() and parts[1] not in built[parts[0]]:
+            del state_dict[key]
 
 
 class LatentHead(nn.Module):

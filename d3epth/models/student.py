@@ -36,8 +36,20 @@ import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import nn
 
+<<<<<<< HEAD
 from d3epth.models.decoder import DepthHead, FeatureAdapters, FPNDecoder, LatentHead, resize_to
 from d3epth.utils.arguments import arguments_dataclass
+=======
+from d3epth.models.decoder import (
+    DepthHead,
+    FeatureAdapters,
+    FPNDecoder,
+    LatentHead,
+    decoder_strides,
+    nearest_level,
+    resize_to,
+)
+>>>>>>> wt-faults
 
 __all__ = ["DEFAULT_BACKBONE", "HEADS", "LATENT_STRIDE", "TINY_BACKBONE", "DepthStudent", "StudentConfig"]
 
@@ -47,6 +59,8 @@ DEFAULT_BACKBONE = "convnext_tiny"
 TINY_BACKBONE = "test_efficientnet"
 #: The heads a student can build.
 HEADS = ("latent", "features", "depth")
+#: The submodule of each head.
+_HEAD_MODULES = {"latent": "latent_head", "features": "feature_adapters", "depth": "depth_head"}
 #: Downsampling factor of the Stable Diffusion VAE: the teacher's latent is at 1/8 resolution.
 LATENT_STRIDE = 8
 
@@ -140,7 +154,10 @@ class DepthStudent(nn.Module):
                 f"min_decoder_stride={min_decoder_stride}; lower it or choose other out_indices"
             )
         skip_strides = strides[: self._num_skips]
-        self.decoder = FPNDecoder(channels[self._num_skips :], strides[self._num_skips :], decoder_channels, norm)
+        levels = self._decoder_levels(self.heads, decoder_strides(strides[self._num_skips :]))
+        self.decoder = FPNDecoder(
+            channels[self._num_skips :], strides[self._num_skips :], decoder_channels, norm, levels=set(levels.values())
+        )
 
         self.latent_head: LatentHead | None = None
         self.feature_adapters: FeatureAdapters | None = None
@@ -215,6 +232,43 @@ class DepthStudent(nn.Module):
             if name != "backbone":
                 yield from module.parameters()
 
+    def _decoder_levels(self, heads: Sequence[str], strides: Sequence[float]) -> dict[str, int]:
+        """The decoder level each output of ``heads`` reads: ``latent``, ``features.<j>``, ``depth`` -> level index.
+
+        The latent and each teacher feature read the level nearest their stride; the depth head the finest level.
+        """
+        levels: dict[str, int] = {}
+        if "latent" in heads:
+            levels["latent"] = nearest_level(strides, LATENT_STRIDE)
+        if "features" in heads:
+            levels.update({f"features.{j}": nearest_level(strides, s) for j, s in enumerate(self.feature_strides)})
+        if "depth" in heads:
+            levels["depth"] = 0
+        return levels
+
+    def freeze_unused(self, heads: Sequence[str]) -> list[str]:
+        """Freeze (``requires_grad=False``) every parameter that none of ``heads`` depends on; return their names.
+
+        A task whose loss reads only some of the built heads (stage 2's light decoder next to a stage-1 latent head it
+        keeps, stage 1 given a depth head to carry to stage 2) calls this so that every trainable parameter gets a
+        gradient every step: what DDP requires without ``find_unused_parameters``. The frozen parts stay in the state
+        dict and in the forward of their own heads.
+
+        Args:
+            heads: the heads the loss reads, a subset of :attr:`heads`.
+        """
+        wanted = self._resolve_heads(heads)
+        levels = set(self._decoder_levels(wanted, self.decoder.strides).values())
+        used = {"backbone.", *(f"decoder.lateral.{i}." for i in range(min(levels), self.decoder.num_levels))}
+        used |= {f"decoder.smooth.{i}." for i in levels}
+        used |= {f"{_HEAD_MODULES[h]}." for h in wanted}
+        frozen = []
+        for name, param in self.named_parameters():
+            if not name.startswith(tuple(used)):
+                param.requires_grad_(False)
+                frozen.append(name)
+        return frozen
+
     def _resolve_heads(self, heads: Sequence[str] | None) -> tuple[str, ...]:
         if heads is None:
             return self.heads
@@ -257,28 +311,20 @@ class DepthStudent(nn.Module):
         features = self.backbone(x)
         skips, pyramid = features[: self._num_skips], features[self._num_skips :]
 
-        latent_level = self.decoder.level_for_stride(LATENT_STRIDE)
-        feature_levels = [self.decoder.level_for_stride(s) for s in self.feature_strides]
-        levels: set[int] = set()
-        if "latent" in wanted:
-            levels.add(latent_level)
-        if "features" in wanted:
-            levels.update(feature_levels)
-        if "depth" in wanted:
-            levels.add(0)
-        decoded = self.decoder(pyramid, (hp, wp), levels)
+        levels = self._decoder_levels(wanted, self.decoder.strides)
+        decoded = self.decoder(pyramid, (hp, wp), set(levels.values()))
 
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
         if "latent" in wanted:
             assert self.latent_head is not None
             lh, lw = self.output_size(height, width, LATENT_STRIDE)
-            latent = self.latent_head(resize_to(decoded[latent_level], (hp // LATENT_STRIDE, wp // LATENT_STRIDE)))
+            latent = self.latent_head(resize_to(decoded[levels["latent"]], (hp // LATENT_STRIDE, wp // LATENT_STRIDE)))
             out["latent"] = latent[..., :lh, :lw]
         if "features" in wanted:
             assert self.feature_adapters is not None
             inputs = [
-                resize_to(decoded[i], (hp // s, wp // s))
-                for i, s in zip(feature_levels, self.feature_strides, strict=True)
+                resize_to(decoded[levels[f"features.{j}"]], (hp // s, wp // s))
+                for j, s in enumerate(self.feature_strides)
             ]
             out["features"] = [
                 f[..., : self.output_size(height, width, s)[0], : self.output_size(height, width, s)[1]]

@@ -64,7 +64,7 @@ class AutoencoderTask(DepthTask):
         latent_stats_momentum: EMA momentum of the latent statistics behind ``scaling_factor=None``.
         seed: seed of the initial weights (the global RNG is not touched).
         lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
-            num_logged_images: see :class:`~d3epth.tasks.base.DepthTask`.
+            num_logged_images, max_consecutive_skipped_steps: see :class:`~d3epth.tasks.base.DepthTask`.
     """
 
     #: Nothing is frozen: the whole autoencoder is trained and checkpointed.
@@ -95,6 +95,7 @@ class AutoencoderTask(DepthTask):
         benchmarks: dict[str, str] | None = None,
         alignment: str = "depth",
         num_logged_images: int = 4,
+        max_consecutive_skipped_steps: int = 10,
     ) -> None:
         super().__init__(
             lr=lr,
@@ -106,6 +107,7 @@ class AutoencoderTask(DepthTask):
             benchmarks=benchmarks,
             alignment=alignment,
             num_logged_images=num_logged_images,
+            max_consecutive_skipped_steps=max_consecutive_skipped_steps,
         )
         if recon_loss not in _RECON_LOSSES:
             raise ValueError(f"AutoencoderTask: recon_loss must be one of {_RECON_LOSSES}, got {recon_loss!r}")

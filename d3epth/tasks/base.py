@@ -7,6 +7,11 @@ A task subclasses :class:`DepthTask` and provides
 * :meth:`DepthTask.parameter_groups` — the parameters to optimise, as explicit groups (never ``self.parameters()``,
   which would pick up a frozen teacher).
 
+Every training step goes through one guard (:mod:`d3epth.tasks.guard`): a step whose loss or gradient is NaN/Inf
+on any rank is skipped on all of them (weights, optimiser state, buffers and LR schedule unchanged), the samples are
+named in a warning, ``max_consecutive_skipped_steps`` skips in a row stop training with
+:class:`~d3epth.errors.TrainingDivergedError`, and no checkpoint is written with non-finite weights.
+
 Validation and test then run the shared evaluator (:mod:`d3epth.metrics`) on every validation/test set of the
 datamodule and log ``val/<set>/<metric>``; the first validation set is also logged as ``val/<metric>``, the key the
 best checkpoint monitors (as Marigold, whose first validation set drives model selection).
@@ -25,6 +30,7 @@ from torch import Tensor, nn
 
 from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
 from d3epth.metrics import DepthMetrics, benchmark_metrics
+from d3epth.tasks.guard import GUARD_KEY, StepGuard, check_finite_checkpoint
 from d3epth.utils.visualize import depth_error_panel
 
 Batch = dict[str, Any]
@@ -49,11 +55,16 @@ def iter_exponential(step: int, total_steps: int, warmup_steps: int = 100, final
 def student_parameter_groups(student: nn.Module, lr: float, backbone_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Optimiser groups of a :class:`~d3epth.models.DepthStudent`.
 
-    The backbone runs at ``backbone_lr_scale`` × ``lr``; the decoder and heads at ``lr``.
+    The backbone runs at ``backbone_lr_scale`` × ``lr``; the decoder and heads at ``lr``. Frozen parameters (see
+    :meth:`~d3epth.models.DepthStudent.freeze_unused`) stay out.
     """
     return [
-        {"name": "backbone", "params": list(student.backbone.parameters()), "lr": lr * backbone_lr_scale},
-        {"name": "decoder", "params": list(student.decoder_parameters())},
+        {
+            "name": "backbone",
+            "params": [p for p in student.backbone.parameters() if p.requires_grad],
+            "lr": lr * backbone_lr_scale,
+        },
+        {"name": "decoder", "params": [p for p in student.decoder_parameters() if p.requires_grad]},
     ]
 
 
@@ -80,6 +91,8 @@ class DepthTask(L.LightningModule):
         alignment: per-image alignment before scoring: ``"depth"`` (affine-invariant depth models), ``"disparity"``
             or ``"none"`` (metric models).
         num_logged_images: validation images written to TensorBoard per validation set and validation run.
+        max_consecutive_skipped_steps: optimiser steps in a row with a non-finite loss or gradient (each skipped)
+            after which training stops with :class:`~d3epth.errors.TrainingDivergedError`.
     """
 
     #: State-dict prefixes of frozen modules that checkpoints do not store.
@@ -96,6 +109,7 @@ class DepthTask(L.LightningModule):
         benchmarks: dict[str, str] | None = None,
         alignment: str = "depth",
         num_logged_images: int = 4,
+        max_consecutive_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
         # Records the arguments of this constructor and of the subclass constructors that called it, as plain data
@@ -110,14 +124,22 @@ class DepthTask(L.LightningModule):
         self.test_metrics = nn.ModuleList()
         self._set_names: dict[str, list[str]] = {"val": [], "test": []}
         self._final_val_metrics: dict[str, float] = {}  # the first validation set's last metrics, for hparams
+        self._step_guard = StepGuard(max_consecutive_skipped_steps)
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the task class and drop the frozen teacher's weights (they are not ours to store)."""
+        """Record the task class and the step guard's counters, drop the frozen teacher's weights (not ours to store).
+
+        Raises:
+            TrainingDivergedError: a weight or optimiser state is NaN/Inf; nothing is written, so ``last.ckpt``
+                keeps the last finite state.
+        """
         checkpoint[TASK_KEY] = type(self).__name__
+        checkpoint[GUARD_KEY] = self._step_guard.state_dict()
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
             del state[key]
+        check_finite_checkpoint(checkpoint, self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fill the frozen modules' entries from the modules as built, so strict loading still checks the rest."""
@@ -125,6 +147,7 @@ class DepthTask(L.LightningModule):
         for key, value in self.state_dict().items():
             if key.startswith(self.frozen_prefixes):
                 state.setdefault(key, value)
+        self._step_guard.load_state_dict(checkpoint.get(GUARD_KEY, {}))
 
     # ----------------------------------------------------------------------------------------------- subclass API
     def predict_depth(self, batch: Batch) -> Tensor:
@@ -151,6 +174,40 @@ class DepthTask(L.LightningModule):
             lambda step: iter_exponential(step, total, self.hparams.warmup_steps, self.hparams.final_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ---------------------------------------------------------------------------------------- non-finite steps
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        """Record the micro-batch for the step guard (sample names, input finiteness, empty and skipped counts)."""
+        self._step_guard.start_batch(batch, self)
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        """Record whether the micro-batch's loss is finite."""
+        self._step_guard.record_loss(loss)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Run the closure (training step + backward), then step only when the whole window is finite on all ranks.
+
+        The closure runs first, outside ``optimizer.step``, because a skipped step must not reach the optimiser at
+        all: Adam would still move the weights (and count a step) with zeroed gradients. The checked step then goes
+        through ``optimizer.step`` with the finished loss, so Lightning's ``on_before_optimizer_step`` hooks and
+        gradient clipping run as usual (after the check: clipping would turn an Inf gradient into NaNs).
+        """
+        if optimizer_closure is None:
+            optimizer.step()
+            return
+        loss = optimizer_closure()
+        # Under fp16 with a GradScaler the gradients are still scaled and overflow by design; the scaler skips those.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        finite = self._step_guard.conclude(self, optimizer, check_gradients=scaler is None)
+        for key in ("skipped_steps", "empty_batches", "skipped_samples"):  # totals over ranks: no sync_dist
+            self.log(f"train/{key}", float(getattr(self._step_guard, key)), on_step=True, on_epoch=False)
+        if finite:
+            optimizer.step(closure=lambda: loss)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Advance the LR schedule, except after a skipped step: the schedule follows the steps taken."""
+        if not self._step_guard.last_skipped:
+            super().lr_scheduler_step(scheduler, metric)
 
     # -------------------------------------------------------------------------------------------------- evaluation
     def setup(self, stage: str) -> None:

@@ -35,7 +35,8 @@ class LatentDistillationTask(DepthTask):
 
     Args:
         student: ``DepthStudent`` keyword arguments. The ``latent`` head is always built; with ``feature_blocks`` the
-            ``features`` head is added with channels and strides read from the teacher.
+            ``features`` head is added with channels and strides read from the teacher. Another head (``depth``, kept
+            for stage 2) is built but frozen: stage 1 trains only what its loss reads.
         teacher: teacher source (see :func:`d3epth.models.teacher.sources.load_teacher`): a local diffusers / Marigold /
             E2E-FT directory, a ``TeacherTask`` checkpoint, or a dict spec. Frozen, out of the optimiser and out of
             this task's checkpoints (it is rebuilt from this source when a checkpoint is loaded).
@@ -71,6 +72,9 @@ class LatentDistillationTask(DepthTask):
             student["teacher_feature_strides"] = [info[name]["reduction"] for name in self.feature_blocks]
         self.hparams["student"] = student  # the arguments actually used, so the checkpoint rebuilds this student
         self.student = DepthStudent(**student)
+        # A depth head asked for here (to carry into stage 2) gets no loss in stage 1: frozen, so DDP needs no
+        # find_unused_parameters.
+        self.student.freeze_unused(("latent", "features") if self.feature_blocks else ("latent",))
 
     def setup(self, stage: str) -> None:
         """Build the evaluators; for ``fit`` with the datamodule's teacher cache, check it was made by this teacher.

@@ -34,12 +34,19 @@ from d3epth.models.teacher.sources import TeacherSpec, load_teacher
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
 
+def _module_of(key: str) -> str:
+    """The unit a student weight belongs to: ``decoder.smooth.0`` for a decoder level, else its head/backbone."""
+    parts = key.split(".")
+    return ".".join(parts[:3]) if parts[0] == "decoder" else parts[0]
+
+
 class PixelRefinementTask(DepthTask):
     """Stage 2: train a :class:`~d3epth.models.DepthStudent` in pixel space with the Hybrid Depth Loss.
 
     Args:
         student: ``DepthStudent`` keyword arguments. With ``init_from`` it may be omitted: the stage-1 student's
-            arguments are reused, with the heads this stage needs added.
+            arguments are reused, with the heads this stage needs added. Only the pixel decoder's head (``depth`` for
+            ``light``, ``latent`` for ``vae``) trains; the others are kept frozen.
         init_from: stage-1 (``LatentDistillationTask``) or stage-2 checkpoint whose student weights initialise this
             one; ``None`` starts from the backbone's own initialisation (the no-teacher baseline).
         pixel_decoder: ``"light"`` (the student's depth head) or ``"vae"`` (frozen teacher VAE decoder on the
@@ -102,6 +109,9 @@ class PixelRefinementTask(DepthTask):
         self.student = DepthStudent(**student)
         if checkpoint is not None:
             self._load_student(checkpoint, init_from)
+        # Only the pixel decoder's head learns; others (a stage-1 latent head kept for the VAE fit, whose target is
+        # detached) would get no gradient, so they are frozen: DDP then needs no find_unused_parameters.
+        self.student.freeze_unused(("depth",) if pixel_decoder == "light" else ("latent",))
         self.teacher = None if teacher is None else load_teacher(teacher).freeze()
         self.loss = HybridDepthLoss(**plain_data(loss or {}))
         self._gradnorm_parameters = None
@@ -119,9 +129,12 @@ class PixelRefinementTask(DepthTask):
                 f"model.init_args.init_from: {path} has student weights this student lacks "
                 f"(e.g. {result.unexpected_keys[:3]}); the student arguments must match the stage-1 student's"
             )
-        new_heads = {key.split(".")[0] for key in result.missing_keys}
-        if not new_heads <= {"depth_head", "latent_head", "feature_adapters"}:
-            raise ValueError(f"model.init_args.init_from: {path} lacks student weights {result.missing_keys[:3]}")
+        # A head, or a decoder level (``decoder.smooth.<i>``), the earlier stage did not build starts fresh here; a
+        # module the checkpoint holds only in part means another architecture.
+        modules = {_module_of(key) for key in state}
+        lacking = [key for key in result.missing_keys if _module_of(key) in modules]
+        if lacking:
+            raise ValueError(f"model.init_args.init_from: {path} lacks student weights {lacking[:3]}")
 
     # ------------------------------------------------------------------------------------------------- prediction
     def forward(self, image: Tensor) -> Tensor:
@@ -147,6 +160,10 @@ class PixelRefinementTask(DepthTask):
                 target = crop_to(decode_depth_latent(self.teacher.vae, outputs["latent"]), image.shape[-2:])
             mask = torch.ones_like(target, dtype=torch.bool)
             loss = ssi_loss(outputs["depth"], target, mask)
+            # DDP without find_unused_parameters needs every trainable parameter in every step's graph; the
+            # weighting's have no part in this objective, so they enter with weight 0: zero gradients, Adam's moments
+            # stay 0 and the parameters do not move.
+            loss = loss + 0.0 * sum(p.sum() for p in self.loss.weighting.parameters())
             self.log("train/loss_fit_vae", loss, prog_bar=True, batch_size=image.shape[0])
             return loss
 

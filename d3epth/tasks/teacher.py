@@ -23,7 +23,6 @@ architecture :meth:`TeacherTask.on_save_checkpoint` stores under
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -37,7 +36,6 @@ from d3epth.utils.seeding import derive_seed
 
 __all__ = ["TeacherTask"]
 
-logger = logging.getLogger(__name__)
 
 #: Checkpoint key of the seed of the diffusion noise and timesteps (see ``TeacherTask.noise_generator``).
 NOISE_SEED_KEY = "d3epth_noise_seed"
@@ -80,10 +78,9 @@ class TeacherTask(DepthTask):
         noise_seed: seed of the diffusion timesteps and noise during ``fit`` (with the rank and the batch index; see
             :meth:`noise_generator`); ``None`` = ``torch.initial_seed()`` at the first training step.
         val_num_steps: DDIM steps of the validation prediction (1 = E2E-FT / Marigold v1-1 setting).
-        skip_nonfinite: skip a batch whose loss is NaN/inf instead of stepping on it (E2E-FT does the same).
         lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
-            num_logged_images: see :class:`~d3epth.tasks.base.DepthTask` (defaults: Marigold's Adam, 3e-5, 100-step
-            warm-up, exponential decay to 1 %).
+            num_logged_images, max_consecutive_skipped_steps: see :class:`~d3epth.tasks.base.DepthTask` (defaults:
+            Marigold's Adam, 3e-5, 100-step warm-up, exponential decay to 1 %).
     """
 
     #: The task trains the teacher itself: keep all of it in checkpoints (the VAE too, so they stand alone).
@@ -106,7 +103,6 @@ class TeacherTask(DepthTask):
         gradient_checkpointing: bool = False,
         noise_seed: int | None = None,
         val_num_steps: int = 1,
-        skip_nonfinite: bool = True,
         lr: float = 3e-5,
         weight_decay: float = 0.0,
         optimizer: str = "adam",
@@ -116,6 +112,7 @@ class TeacherTask(DepthTask):
         benchmarks: dict[str, str] | None = None,
         alignment: str = "depth",
         num_logged_images: int = 4,
+        max_consecutive_skipped_steps: int = 10,
     ) -> None:
         super().__init__(
             lr=lr,
@@ -127,6 +124,7 @@ class TeacherTask(DepthTask):
             benchmarks=benchmarks,
             alignment=alignment,
             num_logged_images=num_logged_images,
+            max_consecutive_skipped_steps=max_consecutive_skipped_steps,
         )
         if mode not in _MODES:
             raise ValueError(f"TeacherTask: mode must be one of {_MODES}, got {mode!r}")
@@ -293,18 +291,17 @@ class TeacherTask(DepthTask):
         return loss, {"loss_ssi": loss.detach()}
 
     # ----------------------------------------------------------------------------------------------- steps
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        """One step of the configured objective; logs ``train/loss`` and its parts."""
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """One step of the configured objective; logs ``train/loss`` and its parts.
+
+        A non-finite loss (E2E-FT skips those too) is the base task's to skip, like every task's: see
+        :class:`~d3epth.tasks.base.DepthTask`.
+        """
         if self.hparams.mode == "diffusion":
             loss, parts = self.diffusion_loss(batch)
         else:
             loss, parts = self.e2e_loss(batch)
         size = batch["image"].shape[0]
-        if self.hparams.skip_nonfinite and not bool(torch.isfinite(loss)):
-            logger.warning(
-                "TeacherTask: non-finite loss at step %d (%s); batch skipped", self.global_step, batch["path"]
-            )
-            return None
         self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=size)
         return loss

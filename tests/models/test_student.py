@@ -132,7 +132,7 @@ def test_head_subset_at_forward_skips_unused_heads_and_levels() -> None:
     student.latent_head.register_forward_hook(counter("latent"))
     student.feature_adapters.register_forward_hook(counter("features"))
     student.depth_head.register_forward_hook(counter("depth"))
-    for i, smooth in enumerate(student.decoder.smooth):
+    for i, smooth in student.decoder.smooth.items():
         smooth.register_forward_hook(counter(f"smooth{i}"))
 
     image = rand_image(1, 64, 64)
@@ -163,6 +163,36 @@ def test_head_subset_at_construction_builds_only_those_heads() -> None:
     assert make_student(heads="depth").heads == ("depth",)
     with pytest.raises(ValueError, match="built with \\['depth'\\]"):
         student(rand_image(1, 32, 32), heads=("latent",))
+
+
+def test_only_the_decoder_levels_the_heads_read_are_built_and_old_full_pyramids_still_load() -> None:
+    depth_only, latent_only = make_student(heads=("depth",)), make_student(heads=("latent",))
+    assert depth_only.decoder.levels == (0,) and sorted(depth_only.decoder.lateral) == ["0", "1", "2", "3"]
+    latent_level = latent_only.decoder.level_for_stride(8)
+    assert latent_only.decoder.levels == (latent_level,) and latent_level > 0
+    assert sorted(latent_only.decoder.lateral) == [str(i) for i in range(latent_level, 4)]
+    # A new student's state dict round-trips strictly.
+    fresh = make_student(heads=("latent",), seed=1)
+    fresh.load_state_dict(latent_only.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), latent_only.state_dict().values(), strict=True)
+    )
+    # Students written when every level was built (never-read levels included) still load strictly.
+    extra = {k: v for k, v in depth_only.state_dict().items() if k.startswith("decoder.")}
+    old = {**extra, **latent_only.state_dict()}
+    assert "decoder.smooth.0.0.weight" in old and "decoder.lateral.0.weight" in old
+    fresh.load_state_dict(old)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        fresh.load_state_dict({k: v for k, v in old.items() if not k.startswith("decoder.smooth.")})
+
+
+def test_freeze_unused_freezes_exactly_what_the_trained_heads_do_not_read() -> None:
+    student = full_student().train()
+    frozen = set(student.freeze_unused(("depth",)))
+    assert frozen and all(not p.requires_grad for n, p in student.named_parameters() if n in frozen)
+    student(rand_image(2, 64, 64), heads=("depth",))["depth"].sum().backward()
+    for name, param in student.named_parameters():
+        assert (param.grad is None) == (name in frozen), name
 
 
 def test_decoder_parameters_are_everything_but_the_backbone() -> None:

@@ -125,10 +125,16 @@ def test_stage2_starts_from_stage1_weights(tmp_path: Path, datamodule_factory) -
     assert stage2.hparams.student["heads"] == ["latent", "depth"]  # depth head added for the light decoder
     trained = stage1.student.state_dict()
     fresh = PixelRefinementTask(student={**STUDENT, "heads": ["latent", "depth"]}).student.state_dict()
-    for key, value in stage2.student.state_dict().items():
-        if key.startswith("depth_head"):
-            continue  # new in stage 2
-        assert torch.equal(value, trained[key]), key
+    state = stage2.student.state_dict()
+    # New in stage 2: the depth head and the finest decoder level it reads (the latent head reads a coarser one).
+    new = {".".join(key.split(".")[:3]) for key in state.keys() - trained.keys()}
+    assert {unit for unit in new if not unit.startswith("depth_head.")} == {"decoder.lateral.0", "decoder.smooth.0"}
+    assert not trained.keys() - state.keys()
+    for key, value in state.items():
+        if key in trained:
+            assert torch.equal(value, trained[key]), key
+    # Only the depth path trains in stage 2: the latent head rides along frozen, out of the optimiser.
+    assert not any(p.requires_grad for p in stage2.student.latent_head.parameters())
     differs = [k for k in trained if k in fresh and not torch.equal(trained[k], fresh[k])]
     assert differs, "stage-1 training should have moved some weights away from a fresh initialisation"
 
