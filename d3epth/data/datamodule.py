@@ -314,27 +314,17 @@ class DepthDataModule(L.LightningDataModule):
         lookup = self._teacher_cache.lookup(name)
         return Compose([lookup, self.train_augment]) if self.train_augment is not None else lookup
 
-<<<<<<< HEAD
     def train_dataset(self) -> SeededConcatDataset:
-        """The training sets (augmented), concatenated in ``train_set_names`` order.
+        """The training sets (augmented, checked), concatenated in ``train_set_names`` order.
 
         A batch of :meth:`train_sampler` loads each of its samples under the sample's seed.
         """
         sets: list[Dataset] = []
         for name, dataset in self.train_sets.items():
             augment = self._augment_for(name)
-            sets.append(AugmentedDataset(dataset, augment) if augment is not None else dataset)
-        return SeededConcatDataset(sets)
-=======
-    def train_dataset(self) -> ConcatDataset:
-        """The training sets (augmented, checked) concatenated in ``train_set_names`` order."""
-        sets: list[Dataset] = []
-        for name, dataset in self.train_sets.items():
-            augment = self._augment_for(name)
             augmented = AugmentedDataset(dataset, augment) if augment is not None else dataset
             sets.append(CheckedDataset(augmented, name, self.skip_bad_samples))
-        return ConcatDataset(sets)
->>>>>>> wt-faults
+        return SeededConcatDataset(sets)
 
     def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
         rank, world = self._rank_world()
@@ -355,10 +345,6 @@ class DepthDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
 
-<<<<<<< HEAD
-    def train_dataloader(self) -> ResumableDataLoader:
-        """One loader over all training sets, batches from :meth:`train_sampler`; resumable mid-epoch."""
-=======
     def setup(self, stage: str | None = None) -> None:
         """For ``fit``, once: refuse a training set without a valid depth pixel.
 
@@ -373,9 +359,8 @@ class DepthDataModule(L.LightningDataModule):
             probe_valid_depth(CheckedDataset(dataset, name, self.skip_bad_samples))
         self._probed = True
 
-    def train_dataloader(self) -> DataLoader:
-        """One loader over all training sets, batches from :meth:`train_sampler`."""
->>>>>>> wt-faults
+    def train_dataloader(self) -> ResumableDataLoader:
+        """One loader over all training sets, batches from :meth:`train_sampler`; resumable mid-epoch."""
         if not self.train_sets:
             raise ValueError("DepthDataModule: no training sets configured (data.init_args.train)")
         self._check_trainer()

@@ -36,10 +36,6 @@ import torch.nn.functional as F
 from timm.data import resolve_model_data_config
 from torch import nn
 
-<<<<<<< HEAD
-from d3epth.models.decoder import DepthHead, FeatureAdapters, FPNDecoder, LatentHead, resize_to
-from d3epth.utils.arguments import arguments_dataclass
-=======
 from d3epth.models.decoder import (
     DepthHead,
     FeatureAdapters,
@@ -49,7 +45,7 @@ from d3epth.models.decoder import (
     nearest_level,
     resize_to,
 )
->>>>>>> wt-faults
+from d3epth.utils.arguments import arguments_dataclass
 
 __all__ = ["DEFAULT_BACKBONE", "HEADS", "LATENT_STRIDE", "TINY_BACKBONE", "DepthStudent", "StudentConfig"]
 
