@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from d3epth.cli import quickstart
-from d3epth.config import load_config
+from d3epth.cli.trainer import build_cli
 from d3epth.data import HypersimDataset
 from d3epth.inference import load_predictor
 from d3epth.metrics import DepthMetrics
@@ -75,7 +75,8 @@ def data(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 
 
 def expected_steps(stage) -> int:
-    return max(1, round(int(load_config(REPO / stage.config).trainer.max_steps) * SCALE))
+    config = build_cli(["--config", str(REPO / stage.config)], parse_only=True).config
+    return max(1, round(int(config.trainer.max_steps) * SCALE))
 
 
 def stage_checkpoints(logs: Path) -> dict[str, Path]:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from d3epth.config import instantiate, load_config
 from tests.tool_loader import TOOLS, load_tool
 
 TOOL_NAMES = tuple(sorted(path.stem for path in TOOLS.glob("*.py")))
@@ -34,7 +33,7 @@ def test_tool_is_a_shim_around_its_cli_module(name: str, capsys: pytest.CaptureF
     [
         ("d3epth.tasks.predictor", "d3epth.inference.predictor", ["load_predictor", "DepthPredictor", "load_task"]),
         ("d3epth.tasks.evaluation", "d3epth.inference.evaluation", ["evaluate", "time_per_image", "format_table"]),
-        ("d3epth.tasks.trainer", "d3epth.cli.trainer", ["fit", "build_trainer", "SaveResolvedConfig", "CONFIG_KEY"]),
+        ("d3epth.tasks.trainer", "d3epth.cli.trainer", ["fit", "D3epthCLI", "LastCheckpoint", "CONFIG_KEY"]),
     ],
 )
 def test_old_module_paths_reexport_the_moved_ones(old: str, new: str, names: list[str]) -> None:
@@ -42,16 +41,6 @@ def test_old_module_paths_reexport_the_moved_ones(old: str, new: str, names: lis
     assert "moved" in (old_module.__doc__ or "").lower()
     for name in names:
         assert getattr(old_module, name) is getattr(new_module, name)
-
-
-def test_config_naming_the_old_trainer_path_still_builds(tmp_path: Path) -> None:
-    config = tmp_path / "old.yaml"
-    config.write_text(
-        "callbacks:\n  - class_path: d3epth.tasks.trainer.SaveResolvedConfig\n    init_args: {config: {a: 1}}\n"
-    )
-    cfg = load_config(config)
-    callback = instantiate(cfg.callbacks[0])
-    assert type(callback).__module__ == "d3epth.cli.trainer" and callback.yaml == "a: 1\n"
 
 
 def test_tests_reach_tools_only_through_the_loader() -> None:

@@ -138,13 +138,13 @@ def test_bad_datamodule_arguments(roots: dict[str, Path]) -> None:
 
 
 def test_built_from_yaml_class_nodes(roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    from d3epth.config import instantiate, load_config
+    from d3epth.cli.trainer import build_cli
 
     monkeypatch.setenv("D3EPTH_TEST_HYPERSIM", str(roots["hypersim"]))
     monkeypatch.setenv("D3EPTH_TEST_VKITTI2", str(roots["vkitti2"]))
     monkeypatch.setenv("D3EPTH_TEST_NYU", str(roots["nyuv2"]))
-    node = load_config(CONF / "datamodule_tiny.yaml").data  # validated: the constructor signatures accept this YAML
-    dm = instantiate(node)
+    # Validated against the constructor signatures, key by key, then built.
+    dm = build_cli(["--config", str(CONF / "datamodule_tiny.yaml")], parse_only=True).build_datamodule()
     assert isinstance(dm, DepthDataModule) and dm.val_set_names == ["nyu"]
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape[-2:] == (8, 8)

@@ -105,7 +105,7 @@ def test_float16_storage_error_within_unit_roundoff(config: Path, cache32: Path,
     # --out defaults to the config's data.init_args.teacher_cache; float16 is the default storage.
     # Same batch composition as the float32 cache, so the two differ only by the storage rounding (not by float32
     # summation order, which other batch sizes change by ~1e-4).
-    assert tool.main([*base, "--batch-size", "3", f"data.init_args.teacher_cache={tmp_path / 'fp16'}"]) == 0
+    assert tool.main([*base, "--batch-size", "3", f"--data.init_args.teacher_cache={tmp_path / 'fp16'}"]) == 0
     exact, half = TeacherCache(cache32), TeacherCache(tmp_path / "fp16")
     shards = list((tmp_path / "fp16" / "hypersim").glob("*.safetensors"))
     assert len(shards) == 1  # default shard size holds all 5 samples
@@ -311,7 +311,7 @@ def test_size_mismatch_refused(roots: dict[str, Path], cache32: Path) -> None:
 
 
 def test_random_crop_refused(roots: dict[str, Path], config: Path, cache32: Path, tmp_path: Path, capsys) -> None:
-    crop = "data.init_args.train_transforms=[{class_path: d3epth.data.RandomCrop, init_args: {size: [8, 8]}}]"
+    crop = "--data.init_args.train_transforms=[{class_path: d3epth.data.RandomCrop, init_args: {size: [8, 8]}}]"
     assert run_tool(config, tmp_path / "cache", crop) == 2
     assert "a random crop shows the student a different window" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()  # refused before anything was written
@@ -325,7 +325,7 @@ def test_random_crop_refused(roots: dict[str, Path], config: Path, cache32: Path
 def test_tool_refuses_to_mix_teachers_in_one_cache(config: Path, cache32: Path, tmp_path: Path, capsys) -> None:
     copy = tmp_path / "cache"
     shutil.copytree(cache32, copy)
-    assert run_tool(config, copy, "--dtype", "float32", "model.init_args.teacher.config.seed=1") == 2
+    assert run_tool(config, copy, "--dtype", "float32", "--model.init_args.teacher.config.seed=1") == 2
     assert "holds targets of teacher {'config': {'seed': 0}}" in capsys.readouterr().err
     assert run_tool(config, copy, "--dtype", "float16") == 2
     assert "stores float32, not float16" in capsys.readouterr().err

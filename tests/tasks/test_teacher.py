@@ -206,7 +206,7 @@ def test_fit_autoencoder_then_teacher_then_load(tmp_path: Path, monkeypatch: pyt
     ae_ckpt = tmp_path / "logs" / "autoencoder" / "version_0" / "checkpoints" / "last.ckpt"
     assert ae_ckpt.is_file()
 
-    fit(CONF / "teacher_tiny.yaml", f"model.init_args.teacher.vae_from={ae_ckpt}")
+    fit(CONF / "teacher_tiny.yaml", f"--model.init_args.teacher.vae_from={ae_ckpt}")
     ckpt = tmp_path / "logs" / "teacher" / "version_0" / "checkpoints" / "last.ckpt"
 
     # The teacher carries the trained autoencoder as its (frozen) VAE, scaling factor included.
