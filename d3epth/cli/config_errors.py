@@ -147,7 +147,7 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
         source, key = _where(sources, path, match.group(2))
         return f"{source}: {key}: expected {expected}, got {match.group(2)!r}"
     if match := re.match(r"Import path (\S+) does not correspond to a subclass of (\S+)", leaf):
-        source, key = _where(sources, [*path, "class_path"])
+        source, key = _where(sources, [*path, "class_path"], match.group(1))
         return (
             f"{source}: {key}: '{match.group(1)}' is not a subclass of {match.group(2)}; a config may only name "
             "classes of the expected kind (functions and other callables are never called from a config)"
