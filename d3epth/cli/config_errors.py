@@ -152,6 +152,12 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
             f"{source}: {key}: '{match.group(1)}' is not a subclass of {match.group(2)}; a config may only name "
             "classes of the expected kind (functions and other callables are never called from a config)"
         )
+    if match := re.match(r"module '([^']+)' has no attribute '([^']+)'", leaf):
+        module, name = match.groups()
+        node = path[:-1] if path[-1:] == ["init_args"] else path
+        source, key = _where(sources, [*node, "class_path"], f"{module}.{name}")
+        public = [n for n in dir(importlib.import_module(module)) if not n.startswith("_")]
+        return f"{source}: {key}: module '{module}' has no class '{name}'{_closest(name, public)}"
     if match := re.match(r"the following arguments are required: (.+)", leaf):
         source, key = _where(sources, path[:-1] if path[-1:] == ["init_args"] else path)
         names = ", ".join(f"'{name}'" for name in match.group(1).split(", "))

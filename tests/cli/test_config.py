@@ -176,12 +176,13 @@ ERRORS = {
     "unknown class": (
         ["--model.class_path=d3epth.tasks.PixelRefinementTsk"],
         {},
-        f"{TINY}: model.init_args: module 'd3epth.tasks' has no attribute 'PixelRefinementTsk'",
+        "command line: model.class_path: module 'd3epth.tasks' has no class 'PixelRefinementTsk'; "
+        "did you mean 'PixelRefinementTask'?",
     ),
     "refused: a function as the model": (
         ["--model.class_path=d3epth.models.export.save_file"],
         {},
-        f"{TINY}: model.class_path: 'd3epth.models.export.save_file' is not a subclass of LightningModule; "
+        "command line: model.class_path: 'd3epth.models.export.save_file' is not a subclass of LightningModule; "
         f"{SUBCLASS_ONLY} from a config)",
     ),
     "refused: os.system as a dataset": (
@@ -193,7 +194,8 @@ ERRORS = {
     "refused: a function as a transform": (
         ["--config", "{tmp}/l.yaml"],
         {
-            "l.yaml": "data: {init_args: {train_transforms: [{class_path: d3epth.models.export.remove_export_artefacts}]}}\n"
+            "l.yaml": "data:\n  init_args:\n    train_transforms:\n"
+            "      - class_path: d3epth.models.export.remove_export_artefacts\n"
         },
         "{tmp}/l.yaml: data.init_args.train_transforms.0.class_path: 'd3epth.models.export.remove_export_artefacts' "
         f"is not a subclass of Transform; {SUBCLASS_ONLY} from a config)",
