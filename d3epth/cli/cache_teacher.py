@@ -76,6 +76,7 @@ def main(argv: list[str]) -> int:
     from d3epth.cli.trainer import build_cli  # heavy: imported after parsing (see d3epth.cli)
     from d3epth.data.teacher_cache import TeacherCacheWriter, check_cacheable, fill_cache, teacher_fingerprint
     from d3epth.models.teacher import load_teacher
+    from d3epth.models.teacher.sources import resolve_teacher_source
 
     configs = [arg for path in args.config for arg in ("--config", path)]
     cli = build_cli([*configs, *overrides], prog="tools/cache_teacher.py", parse_only=True)
@@ -83,7 +84,9 @@ def main(argv: list[str]) -> int:
     source = model.get("init_args", {}).get("teacher") if model.get("init_args") else None
     if source is None:
         raise ConfigError(f"{args.config[-1]}: no model.init_args.teacher; this tool needs a stage-1 config")
-    source = source.as_dict() if hasattr(source, "as_dict") else source
+    source = resolve_teacher_source(source.as_dict() if hasattr(source, "as_dict") else source, "teacher")
+    if isinstance(source, dict):  # unset options left out of the cache's record
+        source = {key: value for key, value in source.items() if value is not None}
     out = args.out or cli.config.data.init_args.get("teacher_cache")
     if not out:
         raise ConfigError("give --out DIR (the config sets no data.init_args.teacher_cache)")

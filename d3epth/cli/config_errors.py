@@ -114,10 +114,7 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
     if match := re.match(r"unrecognized arguments: (.*)", lines[0][1] if lines else ""):
         arg = match.group(1).split()[0]
         if not arg.startswith("--"):
-            return (
-                f"command line: '{arg}' is not an option; overrides are LightningCLI options, "
-                f"e.g. --{arg.replace('=', '=', 1)}"
-            )
+            return f"command line: '{arg}' is not an option; overrides are LightningCLI options, e.g. --{arg}"
         key = arg[2:].split("=", 1)[0]
         return f"command line: unknown option '--{key}'{_closest(key, top_level_keys)}"
     leaves = _leaves(lines)
@@ -161,7 +158,8 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
     if match := re.match(r"the following arguments are required: (.+)", leaf):
         source, key = _where(sources, path[:-1] if path[-1:] == ["init_args"] else path)
         names = ", ".join(f"'{name}'" for name in match.group(1).split(", "))
-        return f"{source}: {key} ({klass}): missing required argument {names}"
+        where = f"{key} ({klass}): " if klass else f"{key}: " if key else ""
+        return f"{source}: {where}missing required argument {names}"
     if match := re.match(r'Key "([^"]+)" is required but not included', leaf):
         source, key = _where(sources, path[:-1] if path and path[-1] == "init_args" else path)
         return f"{source}: {key}: missing required argument '{match.group(1)}'" + (f" of {klass}" if klass else "")

@@ -66,8 +66,6 @@ def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         from d3epth.cli.trainer import build_cli  # Lightning: imported after parsing (see d3epth.cli)
 
         cli = build_cli(["--config", args.config], prog="tools/evaluate.py", parse_only=True)
-        if cli.config.get("data") is None:
-            raise ConfigError(f"{args.config}: has no 'data' node to take test sets from")
         datamodule = cli.build_datamodule()
         if not datamodule.test_sets:
             raise ConfigError(f"{args.config}: data.init_args.test is empty")

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_stage(stage: Stage, logs: Path, steps_scale: float) -> str:
     """Train one stage unless a completed run of it reached max_steps; return its final checkpoint's path."""
-    from d3epth.checkpoints import COMPLETED_MARKER  # heavy (torch): imported after parsing (see d3epth.cli)
+    from d3epth.checkpoints import COMPLETED_MARKER, read_checkpoint  # torch: imported after parsing (see d3epth.cli)
     from d3epth.cli.trainer import build_cli, fit
 
     overrides = [f"--logger.save_dir={logs}", *stage.wiring(logs)]
@@ -112,10 +112,16 @@ def run_stage(stage: Stage, logs: Path, steps_scale: float) -> str:
 
     run = logs / str(config.run_name)
     for marker in sorted(run.glob(f"version_*/{COMPLETED_MARKER}"), key=lambda p: p.stat().st_mtime, reverse=True):
-        if json.loads(marker.read_text())["global_step"] >= max_steps:
-            print(f"== {stage.label}: done ({marker.parent}), reusing it", flush=True)
-            return str(marker.parent / "checkpoints" / "last.ckpt")
-    resume = ["--resume", "last"] if list(run.glob("version_*/checkpoints/last.ckpt")) else []
+        step = json.loads(marker.read_text())["global_step"]
+        if step >= max_steps:
+            ckpt = marker.parent / "checkpoints" / "last.ckpt"
+            print(f"== {stage.label}: done ({ckpt}, step {step}), reusing it", flush=True)
+            return str(ckpt)
+    last = sorted(run.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    resume = ["--resume", "last"] if last else []
+    if last:
+        step = read_checkpoint(last[-1], f"{stage.label} (resume)")["global_step"]
+        print(f"== {stage.label}: resuming from step {step} of {max_steps}", flush=True)
     command = ["--config", stage.config, *overrides, *resume]
     print(f"== {stage.label}: python tools/fit.py {' '.join(command)}", flush=True)
     start = time.perf_counter()

@@ -26,7 +26,7 @@ from d3epth.models.depth_model import decode_depth_latent, student_depth
 from d3epth.models.padding import crop_to, pad_to_multiple
 from d3epth.models.student import DepthStudent, StudentConfig
 from d3epth.models.teacher import DiffusionDepthTeacher
-from d3epth.models.teacher.sources import TeacherSpec, load_teacher
+from d3epth.models.teacher.sources import TeacherSpec, load_teacher, resolve_teacher_source
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
 
@@ -60,6 +60,8 @@ class LatentDistillationTask(DepthTask):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        teacher = resolve_teacher_source(teacher, "model.init_args.teacher")
+        self.hparams["teacher"] = teacher  # run directories as the checkpoints they named
         self.teacher: DiffusionDepthTeacher = load_teacher(teacher, purpose="model.init_args.teacher").freeze()
         student = plain_data(student)
         heads = [student["heads"]] if isinstance(student.get("heads"), str) else list(student.get("heads", ["latent"]))

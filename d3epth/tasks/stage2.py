@@ -24,13 +24,20 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from d3epth.checkpoints import STUDENT, load_task_checkpoint, plain_data, sub_state_dict, tasks_with
+from d3epth.checkpoints import (
+    STUDENT,
+    load_task_checkpoint,
+    plain_data,
+    resolve_run_checkpoint,
+    sub_state_dict,
+    tasks_with,
+)
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
 from d3epth.losses.hybrid import LossConfig
 from d3epth.models.depth_model import decode_depth_latent, student_depth
 from d3epth.models.padding import crop_to
 from d3epth.models.student import DepthStudent, StudentConfig
-from d3epth.models.teacher.sources import TeacherSpec, load_teacher
+from d3epth.models.teacher.sources import TeacherSpec, load_teacher, resolve_teacher_source
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
 
@@ -91,6 +98,8 @@ class PixelRefinementTask(DepthTask):
             )
         checkpoint = None
         if init_from is not None:
+            init_from = str(resolve_run_checkpoint(init_from, "model.init_args.init_from"))
+            self.hparams["init_from"] = init_from  # a run directory as the checkpoint it named
             checkpoint = load_task_checkpoint(init_from, tasks_with(STUDENT), "model.init_args.init_from")
             if student is None:
                 student = dict(checkpoint["hyper_parameters"]["student"])
@@ -112,7 +121,9 @@ class PixelRefinementTask(DepthTask):
         # Only the pixel decoder's head learns; others (a stage-1 latent head kept for the VAE fit, whose target is
         # detached) would get no gradient, so they are frozen: DDP then needs no find_unused_parameters.
         self.student.freeze_unused(("depth",) if pixel_decoder == "light" else ("latent",))
-        self.teacher = None if teacher is None else load_teacher(teacher).freeze()
+        teacher = resolve_teacher_source(teacher, "model.init_args.teacher")
+        self.hparams["teacher"] = teacher
+        self.teacher = None if teacher is None else load_teacher(teacher, purpose="model.init_args.teacher").freeze()
         self.loss = HybridDepthLoss(**plain_data(loss or {}))
         self._gradnorm_parameters = None
         if self.loss.weighting.__class__.__name__ == "GradNormWeighting":

@@ -30,7 +30,13 @@ from torch import Tensor
 
 from d3epth.losses import HybridDepthLoss, SSILoss, latent_distillation_loss, resolve_shared_parameters
 from d3epth.models.noise import annealed_strength, multi_res_noise
-from d3epth.models.teacher.sources import TEACHER_ARCH_KEY, TeacherSpec, load_teacher, teacher_architecture
+from d3epth.models.teacher.sources import (
+    TEACHER_ARCH_KEY,
+    TeacherSpec,
+    load_teacher,
+    resolve_teacher_source,
+    teacher_architecture,
+)
 from d3epth.tasks.base import Batch, DepthTask
 from d3epth.utils.seeding import derive_seed
 
@@ -139,6 +145,8 @@ class TeacherTask(DepthTask):
         self.hparams.loss = loss
         self._noise_seed: int | None = noise_seed  # resolved at the first training step, or from a checkpoint
 
+        teacher = resolve_teacher_source(teacher, "model.init_args.teacher")
+        self.hparams["teacher"] = teacher  # run directories as the checkpoints they named
         built = load_teacher(teacher, purpose="model.init_args.teacher")
         if timestep_spacing is not None or rescale_betas_zero_snr is not None:
             built = built.replace(timestep_spacing=timestep_spacing, rescale_betas_zero_snr=rescale_betas_zero_snr)

@@ -185,7 +185,7 @@ def test_alignment_none_changes_the_result(tiny: dict[str, Path], tmp_path: Path
         ("corrupt_checkpoint", "cannot read checkpoint"),
         ("missing_root", "give --nyu-root or set $NYUV2_ROOT"),
         ("config_without_test", "data.init_args.test is empty"),
-        ("config_without_data", "has no 'data' node"),
+        ("config_without_data", "evaluate_no_data.yaml: missing required argument 'data'"),
     ],
 )
 def test_errors_exit_2_with_a_message(

@@ -166,8 +166,10 @@ def test_load_teacher_spec_errors(tmp_path: Path) -> None:
         load_teacher({"config": {"block_out_channel": [32, 64]}})
     with pytest.raises(ValueError, match="did you mean 'vae_from'"):
         load_teacher({"config": {}, "vae_form": None})
-    with pytest.raises(ValueError, match="needs 'path'"):
+    with pytest.raises(ValueError, match="unknown key 'unet'"):
         load_teacher({"unet": "x"})
+    with pytest.raises(ValueError, match="needs 'path'"):
+        load_teacher({"vae_from": "x"})
     with pytest.raises(FileNotFoundError, match="no unet/ subfolder"):
         load_teacher({"path": str(tmp_path), "timestep_spacing": "trailing"})
     not_ours = tmp_path / "other.ckpt"

@@ -32,7 +32,14 @@ from d3epth.models.teacher import build, hub
 from d3epth.models.teacher.build import TeacherArchitecture, build_autoencoder
 from d3epth.models.teacher.model import DiffusionDepthTeacher
 
-__all__ = ["TEACHER_ARCH_KEY", "TeacherSpec", "load_autoencoder", "load_teacher", "teacher_architecture"]
+__all__ = [
+    "TEACHER_ARCH_KEY",
+    "TeacherSpec",
+    "load_autoencoder",
+    "load_teacher",
+    "resolve_teacher_source",
+    "teacher_architecture",
+]
 
 #: Checkpoint key holding the teacher's architecture (component configs + empty-prompt embedding), so a teacher
 #: checkpoint rebuilds without the directory or autoencoder checkpoint it was first made from.
@@ -212,6 +219,25 @@ def load_autoencoder(path: str | Path, purpose: str = "vae_from") -> Autoencoder
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def resolve_teacher_source(
+    source: str | Path | TeacherSpec | Mapping[str, Any] | None, purpose: str
+) -> str | dict[str, Any] | None:
+    """``source`` as plain data with run directories replaced by the checkpoints they resolve to.
+
+    What a task records in its hyper-parameters: a run directory names the latest completed run *now*, a checkpoint
+    path names the one this task was built from.
+    """
+    if source is None:
+        return None
+    if isinstance(source, TeacherSpec | Mapping):
+        spec = plain_data(source)
+        for key in ("path", "vae_from"):
+            if spec.get(key) is not None:
+                spec[key] = str(resolve_run_checkpoint(Path(str(spec[key])).expanduser(), f"{purpose}.{key}"))
+        return spec
+    return str(resolve_run_checkpoint(Path(str(source)).expanduser(), purpose))
+
+
 def load_teacher(
     source: str | Path | Mapping[str, Any], freeze: bool = False, purpose: str = "teacher"
 ) -> DiffusionDepthTeacher:
@@ -242,7 +268,9 @@ def load_teacher(
     """
     if isinstance(source, TeacherSpec | Mapping):
         # Unset options (None) fall back to the loaders' defaults; hyper-parameters store the spec as plain data.
-        source = {key: value for key, value in plain_data(source).items() if value is not None}
+        source = plain_data(source)
+        _check_keys(source, [field.name for field in dataclasses.fields(TeacherSpec)], purpose)
+        source = {key: value for key, value in source.items() if value is not None}
         if "path" in source and "config" in source:
             raise ValueError(f"{purpose}: give either 'path' (a directory or .ckpt) or 'config', not both")
         if "path" in source:
