@@ -162,6 +162,8 @@ def evaluate_models(checkpoints: dict[str, str], data_config: Path) -> list[dict
 def main(argv: list[str]) -> int:
     """Run the chain, print the table and the TensorBoard command. Returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.steps_scale <= 0:
+        return fail(f"--steps-scale must be > 0, got {args.steps_scale}")
     data, logs = Path(args.data).resolve(), Path(args.logs).resolve()
     os.environ["D3EPTH_SAMPLE_ROOT"] = str(data)  # every configs/sample/*.yaml reads its data from here
     if args.fresh:

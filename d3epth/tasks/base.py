@@ -149,6 +149,16 @@ class DepthTask(L.LightningModule):
                 state.setdefault(key, value)
         self._step_guard.load_state_dict(checkpoint.get(GUARD_KEY, {}))
 
+    def on_fit_start(self) -> None:
+        """Silence Lightning's "module(s) in eval mode" warning when exactly the frozen modules are in eval mode.
+
+        The teacher (and the teacher task's VAE) is frozen on purpose; the warning stays for any eval-mode module that
+        still has a trainable parameter, which would be a real mistake.
+        """
+        in_eval = [module for module in self.modules() if not module.training]
+        if in_eval and not any(p.requires_grad for module in in_eval for p in module.parameters()):
+            warnings.filterwarnings("ignore", message=rf"Found {len(in_eval)} module\(s\) in eval mode at the start")
+
     # ----------------------------------------------------------------------------------------------- subclass API
     def predict_depth(self, batch: Batch) -> Tensor:
         """Affine-invariant depth [B,1,H,W] at the resolution of ``batch["image"]`` (larger = farther)."""
