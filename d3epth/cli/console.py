@@ -30,12 +30,18 @@ class _DropTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Filter Lightning's tips and the LeafSpec deprecation its own ``_pytree`` helper triggers (idempotent)."""
+    """Filter Lightning's tips, its ``_pytree`` LeafSpec deprecation and its sync advice (idempotent).
+
+    The sync advice concerns d3epth's validation metrics, which are already synchronised.
+    """
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+    # Under DDP Lightning recommends sync_dist for every epoch-level metric; d3epth's validation metrics are
+    # torchmetrics states, already reduced over ranks by compute(), so syncing again would only cost a collective.
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|test)/")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=DeprecationWarning)
 
 
@@ -93,7 +99,7 @@ class StepProgressBar(TQDMProgressBar):
         bar = self.train_progress_bar
         if bar is not None and self._should_update(trainer.global_step, bar.total):
             bar.n = trainer.global_step
-            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             bar.refresh()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

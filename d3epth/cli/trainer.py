@@ -35,12 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from d3epth.checkpoints import COMPLETED_MARKER
+from d3epth.checkpoints import COMPLETED_MARKER, read_checkpoint
 from d3epth.cli.config_errors import explain
 from d3epth.cli.config_files import ConfigSource, expand_config_arguments
 from d3epth.cli.console import ParameterSummary, StepProgressBar, quiet_lightning
@@ -104,8 +103,8 @@ class LastCheckpoint(ModelCheckpoint):
 
 def _readable(path: Path) -> bool:
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
+        read_checkpoint(path, "--resume")
+    except CheckpointError:
         return False
     return True
 
@@ -133,15 +132,18 @@ def resolve_resume(run_dir: Path, resume: str | None) -> tuple[Path | None, int 
         if not candidates:
             raise ConfigError(f"--resume last: no checkpoints/last.ckpt under {run_dir}/version_*; nothing to resume")
         ckpt = candidates[-1]
-        if not _readable(ckpt):
+        try:
+            read_checkpoint(ckpt, "--resume last")  # weights_only: a payload is refused, never run
+        except CheckpointError as err:
             others = sorted(run_dir.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
-            readable = [p for p in reversed(others) if p != ckpt and _readable(p)]
-            hint = f"the newest readable one is {readable[0]}: --resume {readable[0]}" if readable else "none is"
-            raise CheckpointError(f"--resume last: {ckpt} cannot be read (truncated or corrupt); {hint}")
+            readable = next((p for p in reversed(others) if p != ckpt and _readable(p)), None)
+            hint = f"the newest readable one is {readable}: --resume {readable}" if readable else "no other is readable"
+            raise CheckpointError(f"{err}; {hint}") from None
     else:
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise ConfigError(f"--resume: checkpoint file not found: {ckpt}")
+        read_checkpoint(ckpt, "--resume")
     match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name) if ckpt.parent.name == "checkpoints" else None
     return ckpt, int(match.group(1)) if match else None
 

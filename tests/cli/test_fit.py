@@ -14,6 +14,7 @@ from d3epth.checkpoints import COMPLETED_MARKER, resolve_run_checkpoint
 from d3epth.data import HypersimDataset
 from d3epth.errors import CheckpointError, DataError
 from tests.helpers import CONF
+from tests.helpers.checkpoints import poisoned_copy
 from tests.helpers.data import write_hypersim
 from tests.tool_loader import load_tool
 
@@ -101,10 +102,20 @@ def test_resume_last_names_the_newest_readable_checkpoint(tiny_config: Path, tmp
     assert fit.main(["--config", str(tiny_config), "--trainer.max_steps=3", "--resume", "last"]) == 2
     err = capsys.readouterr().err.strip()
     best = next(checkpoints.glob("best-*.ckpt"))
-    assert err == (
-        f"error: --resume last: {checkpoints / 'last.ckpt'} cannot be read (truncated or corrupt); "
-        f"the newest readable one is {best}: --resume {best}"
+    assert err.startswith(f"error: --resume last: cannot read checkpoint {checkpoints / 'last.ckpt'}: ")
+    assert err.endswith(f"; the newest readable one is {best}: --resume {best}") and "\n" not in err
+
+    # A checkpoint carrying a pickle payload is refused by name, and the payload never runs.
+    marker = tmp_path / "payload_ran"
+    poisoned_copy(best, checkpoints / "last.ckpt", marker)
+    assert fit.main(["--config", str(tiny_config), "--trainer.max_steps=3", "--resume", "last"]) == 2
+    assert "refused: loading it could run code" in capsys.readouterr().err
+    assert (
+        fit.main(["--config", str(tiny_config), "--trainer.max_steps=3", "--resume", str(checkpoints / "last.ckpt")])
+        == 2
     )
+    assert "refused: loading it could run code" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_user_classes_train_and_a_crashed_run_is_never_chained(
