@@ -51,7 +51,7 @@ class LatentDistillationTask(DepthTask):
 
     def __init__(
         self,
-        student: StudentConfig,
+        student: StudentConfig | None,
         teacher: str | TeacherSpec,
         feature_blocks: list[str] | None = None,
         feature_weight: float = 1.0,
@@ -63,6 +63,8 @@ class LatentDistillationTask(DepthTask):
         teacher = resolve_teacher_source(teacher, "model.init_args.teacher")
         self.hparams["teacher"] = teacher  # run directories as the checkpoints they named
         self.teacher: DiffusionDepthTeacher = load_teacher(teacher, purpose="model.init_args.teacher").freeze()
+        if student is None:
+            raise ValueError("model.init_args.student: LatentDistillationTask needs a student (DepthStudent arguments)")
         student = plain_data(student)
         heads = [student["heads"]] if isinstance(student.get("heads"), str) else list(student.get("heads", ["latent"]))
         student = {**student, "heads": [h for h in ("latent", "features", "depth") if h in {*heads, "latent"}]}
