@@ -12,28 +12,35 @@ from tests.helpers.data import write_hypersim, write_nyu, write_vkitti2
 from tests.tool_loader import load_tool
 
 
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Read-only inputs shared by the cases: tiny datasets, a corrupt checkpoint, a file, an image, a bad config."""
+    root = tmp_path_factory.mktemp("inputs")
+    write_hypersim(root / "hypersim", counts={"train": 4, "val": 2}, size=(32, 32))
+    write_nyu(root / "nyu", n=2, size=(24, 32))
+    write_vkitti2(root / "vkitti2", size=(16, 32))
+    (root / "corrupt.ckpt").write_bytes(b"PK\x03\x04\x00 truncated")  # binary, as a torn .ckpt is
+    (root / "a_file").write_text("x")
+    (root / "image.png").write_bytes(next((root / "hypersim").rglob("rgb_*.png")).read_bytes())
+    (root / "bad.yaml").write_text("trainer: {max_stepz: 2}\n")
+    return root
+
+
 @pytest.fixture
-def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage2: tuple) -> dict[str, str]:
-    """Paths the cases use: a good checkpoint, a corrupt one, a plain file where a folder belongs, a missing path."""
-    write_hypersim(tmp_path / "hypersim", counts={"train": 4, "val": 2}, size=(32, 32))
-    write_nyu(tmp_path / "nyu", n=2, size=(24, 32))
-    (tmp_path / "corrupt.ckpt").write_bytes(b"PK\x03\x04\x00 truncated")  # binary, as a torn .ckpt is
-    (tmp_path / "a_file").write_text("x")
-    write_vkitti2(tmp_path / "vkitti2", size=(16, 32))
-    (tmp_path / "image.png").write_bytes(next((tmp_path / "hypersim").rglob("rgb_*.png")).read_bytes())
-    (tmp_path / "bad.yaml").write_text("trainer: {max_stepz: 2}\n")
-    monkeypatch.setenv("D3EPTH_TEST_HYPERSIM", str(tmp_path / "hypersim"))
-    monkeypatch.setenv("D3EPTH_TEST_VKITTI2", str(tmp_path / "vkitti2"))
+def files(inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage2: tuple) -> dict[str, str]:
+    """Paths the cases use (outputs under this test's ``tmp_path``); the configs' data roots from the environment."""
+    monkeypatch.setenv("D3EPTH_TEST_HYPERSIM", str(inputs / "hypersim"))
+    monkeypatch.setenv("D3EPTH_TEST_VKITTI2", str(inputs / "vkitti2"))
     monkeypatch.setenv("D3EPTH_TEST_LOGS", str(tmp_path / "logs"))
     return {
         "tmp": str(tmp_path),
         "ckpt": str(stage2[1]),
-        "corrupt": str(tmp_path / "corrupt.ckpt"),
-        "file": str(tmp_path / "a_file"),
+        "corrupt": str(inputs / "corrupt.ckpt"),
+        "file": str(inputs / "a_file"),
         "missing": str(tmp_path / "missing"),
-        "image": str(tmp_path / "image.png"),
-        "nyu": str(tmp_path / "nyu"),
-        "bad": str(tmp_path / "bad.yaml"),
+        "image": str(inputs / "image.png"),
+        "nyu": str(inputs / "nyu"),
+        "bad": str(inputs / "bad.yaml"),
         "fit": str(CONF / "fit_tiny.yaml"),
         "cache": str(CONF / "cache_teacher_stage1.yaml"),
     }
