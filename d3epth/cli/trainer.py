@@ -156,6 +156,7 @@ class D3epthCLI(LightningCLI):
         sources: where settings came from (for error messages).
         default_run_name: run name when the config sets none (the config file's stem).
         prog: program name shown in ``--help``.
+        parse_only: parse and validate only (the model becomes optional); :meth:`build_datamodule` builds the data.
     """
 
     def __init__(
@@ -200,10 +201,8 @@ class D3epthCLI(LightningCLI):
         parser.add_argument(
             "--last_checkpoint_every_n_steps", type=int, default=100, help="optimiser steps between last.ckpt saves"
         )
-        skip = {
-            "dirpath",
-            "save_on_exception",
-        }  # the best checkpoint lives in the run directory; last.ckpt saves on errors
+        # The best checkpoint lives in the run directory; last.ckpt is the one saved on an exception.
+        skip = {"dirpath", "save_on_exception"}
         parser.add_class_arguments(ModelCheckpoint, "checkpoint", skip=skip, instantiate=False)
         parser.add_class_arguments(TensorBoardLogger, "logger", skip={"name", "version"}, instantiate=False)
         parser.set_defaults({"logger.save_dir": "lightning_logs"})
