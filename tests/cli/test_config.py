@@ -226,3 +226,17 @@ def test_tools_print_one_line_and_touch_nothing(tmp_path: Path, capsys: pytest.C
     assert target.read_bytes() == b"keep" and not (tmp_path / "logs").exists()
     with pytest.raises(ConfigError):
         fit.main(["--config", TINY, "--trainer.max_steps=abc", "--debug"])
+
+
+# base.yaml alone has no data: it is only ever merged under a run config.
+SHIPPED = sorted(p.relative_to(CONF.parents[1]) for p in (CONF.parents[1] / "configs").rglob("*.yaml"))
+SHIPPED = [p for p in SHIPPED if p.name != "base.yaml"]
+
+
+@pytest.mark.parametrize("config", [str(p) for p in SHIPPED])
+def test_every_shipped_config_validates(config: str) -> None:
+    """Every config in configs/ parses and type-checks as shipped (data configs without a model)."""
+    cli = build_cli(["--config", str(CONF.parents[1] / config)], parse_only=True)
+    assert cli.config.data.class_path == "d3epth.data.DepthDataModule"
+    if Path(config).name != "data.yaml":
+        assert cli.config.model.class_path.startswith("d3epth.tasks.")
