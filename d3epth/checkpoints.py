@@ -48,12 +48,14 @@ __all__ = [
 TASK_KEY = "d3epth_task"
 
 
-def read_checkpoint(path: str | Path, purpose: str) -> Any:
+def read_checkpoint(path: str | Path, purpose: str, mmap: bool = False) -> Any:
     """Read a checkpoint file on the CPU, refusing any object that is not a tensor or plain data.
 
     Args:
         path: ``.ckpt`` (or any ``torch.save``) file.
         purpose: what the file is for, for the error message (e.g. ``"model.init_args.init_from"``).
+        mmap: map the tensors instead of reading them (for a check whose result is dropped: the unpickling, and so
+            the refusal of a payload, is the same, without reading gigabytes of weights).
 
     Returns:
         What the file holds (for a Lightning checkpoint, its dict).
@@ -66,7 +68,7 @@ def read_checkpoint(path: str | Path, purpose: str) -> Any:
     if not path.is_file():
         raise MissingFileError(f"{purpose}: checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:  # the weights-only unpickler met a global it does not allow
         raise CheckpointError(
             f"{purpose}: cannot read checkpoint {path}: it holds objects other than tensors and plain data "

@@ -160,8 +160,5 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
         names = ", ".join(f"'{name}'" for name in match.group(1).split(", "))
         where = f"{key} ({klass}): " if klass else f"{key}: " if key else ""
         return f"{source}: {where}missing required argument {names}"
-    if match := re.match(r'Key "([^"]+)" is required but not included', leaf):
-        source, key = _where(sources, path[:-1] if path and path[-1] == "init_args" else path)
-        return f"{source}: {key}: missing required argument '{match.group(1)}'" + (f" of {klass}" if klass else "")
     source, key = _where(sources, path)
     return f"{source}: {key}: {leaf}" if key else f"{source}: {leaf}"

@@ -101,9 +101,14 @@ class LastCheckpoint(ModelCheckpoint):
         self._last_global_step_saved = trainer.global_step
 
 
+def _check_readable(path: Path, purpose: str) -> None:
+    """Refuse an unreadable or unsafe checkpoint now; Lightning reads it for real when ``fit`` starts."""
+    read_checkpoint(path, purpose, mmap=True)
+
+
 def _readable(path: Path) -> bool:
     try:
-        read_checkpoint(path, "--resume")
+        _check_readable(path, "--resume")
     except CheckpointError:
         return False
     return True
@@ -133,7 +138,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> tuple[Path | None, int 
             raise ConfigError(f"--resume last: no checkpoints/last.ckpt under {run_dir}/version_*; nothing to resume")
         ckpt = candidates[-1]
         try:
-            read_checkpoint(ckpt, "--resume last")  # weights_only: a payload is refused, never run
+            _check_readable(ckpt, "--resume last")  # weights_only: a payload is refused, never run
         except CheckpointError as err:
             others = sorted(run_dir.glob("version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
             readable = next((p for p in reversed(others) if p != ckpt and _readable(p)), None)
@@ -143,7 +148,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> tuple[Path | None, int 
         ckpt = Path(resume)
         if not ckpt.is_file():
             raise ConfigError(f"--resume: checkpoint file not found: {ckpt}")
-        read_checkpoint(ckpt, "--resume")
+        _check_readable(ckpt, "--resume")
     match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name) if ckpt.parent.name == "checkpoints" else None
     return ckpt, int(match.group(1)) if match else None
 
