@@ -120,12 +120,12 @@ def run_stage(stage: Stage, logs: Path, steps_scale: float) -> str:
     last = sorted(run.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     resume = ["--resume", "last"] if last else []
     if last:
-        step = read_checkpoint(last[-1], f"{stage.label} (resume)")["global_step"]
+        step = read_checkpoint(last[-1], f"{stage.label} (resume)", mmap=True)["global_step"]
         print(f"== {stage.label}: resuming from step {step} of {max_steps}", flush=True)
-    command = ["--config", stage.config, *overrides, *resume]
-    print(f"== {stage.label}: python tools/fit.py {' '.join(command)}", flush=True)
+    arguments = [*overrides, *resume]
+    print(f"== {stage.label}: python tools/fit.py --config {stage.config} {' '.join(arguments)}", flush=True)
     start = time.perf_counter()
-    trainer = fit([*command[:1], str(REPO / stage.config), *command[2:]])
+    trainer = fit(["--config", str(REPO / stage.config), *arguments])
     ckpt = Path(trainer.log_dir) / "checkpoints" / "last.ckpt"
     print(f"== {stage.label}: {max_steps} steps in {time.perf_counter() - start:.0f} s → {ckpt}", flush=True)
     return str(ckpt)
