@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="float16",
         help="storage dtype; float16 rounds each value by at most 2**-11 of its magnitude",
     )
+    parser.add_argument(
+        "--with-depth",
+        action="store_true",
+        help="also store the decoded one-step depth (teacher_depth, stage 2's pseudo-label for unlabeled images)",
+    )
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding the images")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> int:
         "latent_channels": int(teacher.latent_channels),
     }
     teacher = teacher.to(device)
-    writer = TeacherCacheWriter(out, info, args.dtype, d3epth.__version__)
+    writer = TeacherCacheWriter(out, info, args.dtype, d3epth.__version__, with_depth=args.with_depth)
     start = time.perf_counter()
     computed, skipped = fill_cache(
         writer,

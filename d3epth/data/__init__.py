@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from d3epth.data.sample import collate_samples
     from d3epth.data.sampler import MixedBatchSampler
     from d3epth.data.transforms import Compose, HorizontalFlip, KBCrop, RandomCrop, Resize, normalize_depth
+    from d3epth.data.unlabeled import UnlabeledImageDataset
     from d3epth.data.vkitti2 import VirtualKITTI2Dataset
 
 #: Public name -> the submodule defining it.
@@ -34,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "NYUv2Dataset": "nyu",
     "RandomCrop": "transforms",
     "Resize": "transforms",
+    "UnlabeledImageDataset": "unlabeled",
     "VirtualKITTI2Dataset": "vkitti2",
     "collate_samples": "sample",
     "normalize_depth": "transforms",
@@ -52,6 +54,7 @@ __all__ = [
     "NYUv2Dataset",
     "RandomCrop",
     "Resize",
+    "UnlabeledImageDataset",
     "VirtualKITTI2Dataset",
     "collate_samples",
     "normalize_depth",

@@ -123,6 +123,8 @@ class BaseDepthDataset(Dataset):
     splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
     #: Stored value / depth_scale = metres.
     depth_scale: ClassVar[float] = 1000.0
+    #: Whether the samples carry ground truth (``has_depth`` key); unlabeled image sources set False.
+    has_depth: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -301,6 +303,7 @@ class BaseDepthDataset(Dataset):
             "valid_mask": self.valid_from_depth(depth, raw),
             "dataset": self.name,
             "path": str(entry["rel"]),
+            "has_depth": self.has_depth,
         }
         k = self._intrinsics(entry, rgb.shape[0], rgb.shape[1])
         if k is not None:

@@ -18,6 +18,9 @@ YAML (``class_path`` nodes nest; the datasets are built before the datamodule)::
         num_workers: 2
         teacher_cache: cache/stage1_teacher   # optional: stage-1 targets from tools/cache_teacher.py
 
+Unlabeled training sets (``has_depth`` False, e.g. :class:`~d3epth.data.unlabeled.UnlabeledImageDataset`) mix
+like the others; ``unlabeled_set_names`` names them, and each task decides what it does with their batches.
+
 Training: every batch comes from one training set (:class:`~d3epth.data.sampler.MixedBatchSampler`), so sets of
 different resolutions mix. Horizontal flip (``hflip_p``) and ``train_transforms`` are applied to training sets only,
 before ``depth_norm`` is computed. With ``teacher_cache`` (see :mod:`d3epth.data.teacher_cache`) every training sample
@@ -105,6 +108,11 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.num_replicas))
 
 
+def has_depth(dataset: Dataset) -> bool:
+    """Whether a dataset's samples carry ground truth: its ``has_depth`` attribute (unlabeled sources set False)."""
+    return bool(getattr(dataset, "has_depth", True))
+
+
 def _check_sets(sets: Mapping[str, Dataset] | None, arg: str) -> dict[str, Dataset]:
     if sets is None:
         return {}
@@ -119,6 +127,11 @@ def _check_sets(sets: Mapping[str, Dataset] | None, arg: str) -> dict[str, Datas
             raise TypeError(f"DepthDataModule: {arg}.{name} is {type(dataset).__name__}, not a map-style dataset")
         if len(dataset) == 0:
             raise ValueError(f"DepthDataModule: {arg}.{name} is empty")
+        if arg != "train" and not has_depth(dataset):
+            raise ValueError(
+                f"DepthDataModule: {arg}.{name} is {type(dataset).__name__}, a source without depth; only training "
+                "sets may be unlabeled (move it to data.init_args.train)"
+            )
         out[str(name)] = dataset
     return out
 
@@ -220,6 +233,11 @@ class DepthDataModule(L.LightningDataModule):
     def train_set_names(self) -> list[str]:
         """Names of the training sets, in ConcatDataset order."""
         return list(self.train_sets)
+
+    @property
+    def unlabeled_set_names(self) -> list[str]:
+        """Names of the training sets without ground truth (``has_depth`` False, e.g. ``UnlabeledImageDataset``)."""
+        return [name for name, dataset in self.train_sets.items() if not has_depth(dataset)]
 
     @property
     def val_set_names(self) -> list[str]:
@@ -346,7 +364,7 @@ class DepthDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ Lightning hooks
 
     def setup(self, stage: str | None = None) -> None:
-        """For ``fit``, once: refuse a training set without a valid depth pixel.
+        """For ``fit``, once: refuse a labelled training set without a valid depth pixel.
 
         A bounded probe, see :func:`~d3epth.data.faults.probe_valid_depth`.
 
@@ -356,7 +374,8 @@ class DepthDataModule(L.LightningDataModule):
         if stage not in ("fit", None) or self._probed:
             return
         for name, dataset in self.train_sets.items():
-            probe_valid_depth(CheckedDataset(dataset, name, self.skip_bad_samples))
+            if has_depth(dataset):
+                probe_valid_depth(CheckedDataset(dataset, name, self.skip_bad_samples))
         self._probed = True
 
     def train_dataloader(self) -> ResumableDataLoader:

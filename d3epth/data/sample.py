@@ -16,7 +16,10 @@ key             dtype, shape                           meaning
 
 Optional keys: ``intrinsics`` float32 ``[3,3]`` where known; ``teacher_latent`` float32 ``[4,H/8,W/8]`` (rounded up)
 when a teacher cache is used, with ``teacher_latent_flipped`` (the target of the mirrored image) until the flip
-augmentation has chosen one of the two (:data:`FLIP_PAIRS`); ``skipped_samples`` (int) on training samples when the
+augmentation has chosen one of the two (:data:`FLIP_PAIRS`), likewise ``teacher_depth`` (the teacher's one-step
+decoded depth, stage 2's pseudo-label) from a cache built with depth; ``has_depth`` (every
+:class:`~d3epth.data.base.BaseDepthDataset` sets it; False for unlabeled sources, whose ``depth`` and ``depth_norm``
+are zeros and ``valid_mask`` all False); ``skipped_samples`` (int) on training samples when the
 datamodule's ``skip_bad_samples`` is on (:mod:`d3epth.data.faults`).
 
 The normalisation is Marigold's (Ke et al., "Repurposing Diffusion-Based Image Generators for Monocular Depth
@@ -75,13 +78,16 @@ OPTIONAL_KEYS: dict[str, KeySpec] = {
     "intrinsics": KeySpec(torch.float32, "[3,3]", "pinhole intrinsics, OpenCV convention (pixel centres at integers)"),
     "teacher_latent": KeySpec(torch.float32, "[4,H/8,W/8]", "cached stage-1 target (sizes rounded up)"),
     "teacher_latent_flipped": KeySpec(torch.float32, "[4,H/8,W/8]", "cached stage-1 target of the mirrored image"),
+    "teacher_depth": KeySpec(torch.float32, "[1,H,W]", "cached one-step teacher depth in [-1,1] (pseudo-label)"),
+    "teacher_depth_flipped": KeySpec(torch.float32, "[1,H,W]", "cached one-step teacher depth of the mirrored image"),
+    "has_depth": KeySpec(None, "", "bool: False for a source without ground truth (depth zeros, valid_mask False)"),
     "skipped_samples": KeySpec(None, "", "int (with skip_bad_samples): bad training files skipped for this sample"),
 }
 
 #: Sample keys with a precomputed counterpart for the mirrored image (``key -> partner``).
 #: :class:`~d3epth.data.transforms.HorizontalFlip` swaps the two instead of mirroring them; the datamodule drops the
 #: partner after augmentation.
-FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped"}
+FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped", "teacher_depth": "teacher_depth_flipped"}
 
 
 def collate_samples(samples: list[Sample]) -> dict[str, Any]:

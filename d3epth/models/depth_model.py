@@ -11,6 +11,8 @@ Every path from an RGB image to depth through a student goes through :func:`stud
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
 
@@ -20,18 +22,21 @@ from d3epth.models.student import DepthStudent
 __all__ = ["StudentDepthModel", "decode_depth_latent", "student_depth"]
 
 
-def decode_depth_latent(vae: AutoencoderKL, latent: Tensor) -> Tensor:
+def decode_depth_latent(vae: AutoencoderKL, latent: Tensor, size: Sequence[int] | None = None) -> Tensor:
     """Decode a (scaled) depth latent as the teacher does: mean of the 3 decoded channels, clipped to [−1, 1].
 
     Args:
         vae: the teacher's autoencoder; its ``config.scaling_factor`` undoes the latent scaling.
         latent: [B,4,h,w], multiplied by the scaling factor.
+        size: ``(H, W)`` of the image the latent was computed for: the decoded map is cropped to it (the latent grid
+            covers the image padded bottom/right to a multiple of 8). ``None``: no crop.
 
     Returns:
-        [B,1,8h,8w] normalised depth in [−1, 1] (for the SD VAE, whose factor is 8).
+        [B,1,8h,8w] normalised depth in [−1, 1] (for the SD VAE, whose factor is 8), or [B,1,H,W] with ``size``.
     """
     decoded = vae.decode(latent.to(vae.dtype) / float(vae.config.scaling_factor), return_dict=False)[0]
-    return decoded.mean(dim=1, keepdim=True).clamp(-1.0, 1.0)
+    depth = decoded.mean(dim=1, keepdim=True).clamp(-1.0, 1.0)
+    return depth if size is None else crop_to(depth, size)
 
 
 def student_depth(student: DepthStudent, image: Tensor, vae: AutoencoderKL | None = None) -> Tensor:
@@ -48,9 +53,7 @@ def student_depth(student: DepthStudent, image: Tensor, vae: AutoencoderKL | Non
     """
     if vae is None:
         return student(image, heads=("depth",))["depth"]
-    latent = student(image, heads=("latent",))["latent"]
-    # The latent grid covers the image padded to a multiple of 8 at the bottom/right: crop the decoded depth.
-    return crop_to(decode_depth_latent(vae, latent), image.shape[-2:])
+    return decode_depth_latent(vae, student(image, heads=("latent",))["latent"], image.shape[-2:])
 
 
 class StudentDepthModel(nn.Module):

@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
+from d3epth.errors import ConfigError
 from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.tasks.guard import GUARD_KEY, StepGuard, check_finite_checkpoint
 from d3epth.utils.visualize import depth_error_panel
@@ -220,9 +221,26 @@ class DepthTask(L.LightningModule):
             super().lr_scheduler_step(scheduler, metric)
 
     # -------------------------------------------------------------------------------------------------- evaluation
+    def check_unlabeled_sets(self, names: list[str]) -> None:
+        """Called at ``fit`` with the training sets that have no ground truth; this default refuses any.
+
+        A task that can train on images without depth (stage 1, stage 2 with pseudo-labels) overrides it.
+
+        Raises:
+            ConfigError: one line naming the set and the remedy.
+        """
+        if names:
+            raise ConfigError(
+                f"data.init_args.train.{names[0]}: {type(self).__name__} trains on ground truth, and this set has "
+                "none (has_depth: false); remove it from data.init_args.train, or distil it (stage 1, or stage 2 "
+                "with a teacher for pseudo-labels)"
+            )
+
     def setup(self, stage: str) -> None:
-        """Build one evaluator per validation / test set, named after the datamodule's sets."""
+        """Check the training sets' labels (``fit``); build one evaluator per validation / test set."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit":
+            self.check_unlabeled_sets(list(getattr(datamodule, "unlabeled_set_names", None) or []))
         for split, metrics in (("val", self.val_metrics), ("test", self.test_metrics)):
             names = list(getattr(datamodule, f"{split}_set_names", None) or [])
             if names == self._set_names[split]:

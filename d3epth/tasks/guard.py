@@ -111,6 +111,9 @@ class StepGuard:
         for value in floats:
             inputs_finite &= torch.isfinite(value).all(dim=1)
         valid = batch.get("valid_mask")
+        labelled = batch.get("has_depth")
+        if isinstance(valid, Tensor) and isinstance(labelled, Tensor):
+            valid = valid | ~labelled.view(-1, *([1] * (valid.ndim - 1)))  # an unlabeled image is not "empty"
         empty = ~valid.any() if isinstance(valid, Tensor) else torch.zeros((), dtype=torch.bool, device=device)
         skipped = batch.get("skipped_samples")
         skipped = skipped.float().sum() if isinstance(skipped, Tensor) else torch.zeros((), device=device)

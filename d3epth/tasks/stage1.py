@@ -22,8 +22,8 @@ from torch import Tensor
 from d3epth.checkpoints import plain_data
 from d3epth.data.teacher_cache import teacher_fingerprint
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
-from d3epth.models.depth_model import decode_depth_latent, student_depth
-from d3epth.models.padding import crop_to, pad_to_multiple
+from d3epth.models.depth_model import student_depth
+from d3epth.models.padding import pad_to_multiple
 from d3epth.models.student import DepthStudent, StudentConfig
 from d3epth.models.teacher import DiffusionDepthTeacher
 from d3epth.models.teacher.sources import TeacherSpec, load_teacher, resolve_teacher_source
@@ -44,7 +44,8 @@ class LatentDistillationTask(DepthTask):
             "up_blocks.1"]``); ``None`` or empty = latent only.
         feature_weight: weight of the feature loss relative to the latent loss.
         mask_latent_loss: mask latent cells with invalid ground truth (Marigold); ``False`` uses every cell, since
-            the teacher's target is defined everywhere.
+            the teacher's target is defined everywhere. Images without ground truth (``has_depth`` False, from an
+            unlabeled training set) always use every cell.
         backbone_lr_scale: learning-rate factor for the backbone relative to the decoder and heads.
         **kwargs: :class:`~d3epth.tasks.base.DepthTask` arguments.
     """
@@ -79,6 +80,9 @@ class LatentDistillationTask(DepthTask):
         # A depth head asked for here (to carry into stage 2) gets no loss in stage 1: frozen, so DDP needs no
         # find_unused_parameters.
         self.student.freeze_unused(("latent", "features") if self.feature_blocks else ("latent",))
+
+    def check_unlabeled_sets(self, names: list[str]) -> None:
+        """Stage 1 distils images without ground truth like any other (every latent cell counts)."""
 
     def setup(self, stage: str) -> None:
         """Build the evaluators; for ``fit`` with the datamodule's teacher cache, check it was made by this teacher.
@@ -120,7 +124,12 @@ class LatentDistillationTask(DepthTask):
             target, teacher_features = self.teacher_targets(image)
         mask = None
         if self.hparams.mask_latent_loss:
-            mask = pad_to_multiple(batch["valid_mask"], self.teacher.vae_scale_factor, value=False)
+            # An image without ground truth (has_depth False) has no invalid pixels to leave out: every latent cell
+            # counts, since the teacher's target is defined everywhere.
+            valid = batch["valid_mask"]
+            if "has_depth" in batch:
+                valid = valid | ~batch["has_depth"].view(-1, 1, 1, 1)
+            mask = pad_to_multiple(valid, self.teacher.vae_scale_factor, value=False)
         loss_latent = latent_distillation_loss(outputs["latent"].float(), target, mask)
         parts = {"loss_latent": loss_latent.detach()}
         loss = loss_latent
@@ -153,7 +162,6 @@ class LatentDistillationTask(DepthTask):
         pred = self.predict_depth(batch)
         self.val_metrics[dataloader_idx].update(pred, batch["depth"].float(), batch["valid_mask"])
         if batch_idx == 0:
-            latent = self.teacher_targets(batch["image"])[0]
-            teacher_depth = crop_to(decode_depth_latent(self.teacher.vae, latent), batch["image"].shape[-2:]).float()
+            teacher_depth = self.teacher.one_step_depth(batch["image"]).float()
             name = self._set_names["val"][dataloader_idx]
             self._log_images(f"val_images/{name}", batch, pred, extra={"teacher": teacher_depth})

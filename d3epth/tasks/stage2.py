@@ -8,6 +8,9 @@ decoder is either
 * ``"vae"`` — the frozen teacher VAE decoder applied to the student's latent (gradients flow through the decoder
   into the student, as in E2E-FT; slower at inference, since the VAE decoder runs every time).
 
+Images without ground truth (an unlabeled training set, ``has_depth`` False) train on the teacher's one-step decoded
+depth as a pseudo-label (``pseudo_labels``), as Depth Anything V2 trains its students; an extension beyond the paper.
+
 Stage 2 starts from a stage-1 checkpoint (``init_from``), whose student architecture it reuses. Without
 ``init_from`` and with the light decoder, no teacher is involved at all: that is the no-teacher baseline
 (``configs/sample/baseline.yaml``), the same student and loss trained on ground truth alone.
@@ -32,10 +35,11 @@ from d3epth.checkpoints import (
     sub_state_dict,
     tasks_with,
 )
+from d3epth.errors import ConfigError
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
 from d3epth.losses.hybrid import LossConfig
-from d3epth.models.depth_model import decode_depth_latent, student_depth
-from d3epth.models.padding import crop_to
+from d3epth.losses.ssi import align_prediction
+from d3epth.models.depth_model import student_depth
 from d3epth.models.student import DepthStudent, StudentConfig
 from d3epth.models.teacher.sources import TeacherSpec, load_teacher, resolve_teacher_source
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
@@ -69,6 +73,15 @@ class PixelRefinementTask(DepthTask):
             ``"decoder.smooth.0"``); required with ``weighting: gradnorm``.
         fit_light_to_vae_steps: with the light decoder and a teacher, spend the first N optimiser steps fitting the
             light head to the teacher VAE decoder's output on the student's latent (SSI loss), before ground truth.
+        pseudo_labels: which batches also train on the teacher's one-step decoded depth (``teacher_depth``, from the
+            datamodule's teacher cache when it holds it, else computed live with ``teacher``) -- an extension beyond
+            the paper, after Depth Anything V2's students: ``"unlabeled"`` (batches of training sets without ground
+            truth), ``"all"`` (those, plus a pseudo-label term on every labelled batch), ``"none"`` (unlabeled batches
+            are skipped: no optimiser update).
+        pseudo_label_weight: weight of the pseudo-label term (the Hybrid Depth Loss against ``teacher_depth``, every
+            pixel valid); logged apart as ``train/pseudo_loss``.
+        pseudo_label_ignore_fraction: per image, leave out this fraction of pixels with the largest aligned error to
+            the pseudo-label (Depth Anything V2 ignores the top 10 % for noisy pseudo-labels); 0 keeps all.
         backbone_lr_scale: learning-rate factor for the backbone relative to the decoder and heads.
         **kwargs: :class:`~d3epth.tasks.base.DepthTask` arguments (``lr``, ``weight_decay``, ``optimizer``,
             ``warmup_steps``, ``decay_steps``, ``final_lr_ratio``, ``benchmarks``, ``alignment``,
@@ -86,9 +99,16 @@ class PixelRefinementTask(DepthTask):
         gradnorm_shared: str | None = None,
         fit_light_to_vae_steps: int = 0,
         backbone_lr_scale: float = 1.0,
+        pseudo_labels: Literal["unlabeled", "all", "none"] = "unlabeled",
+        pseudo_label_weight: float = 1.0,
+        pseudo_label_ignore_fraction: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if pseudo_labels not in ("unlabeled", "all", "none"):
+            raise ValueError(f"pseudo_labels must be 'unlabeled', 'all' or 'none', got {pseudo_labels!r}")
+        if not 0.0 <= pseudo_label_ignore_fraction < 1.0:
+            raise ValueError(f"pseudo_label_ignore_fraction must be in [0, 1), got {pseudo_label_ignore_fraction}")
         if pixel_decoder not in ("light", "vae"):
             raise ValueError(f"pixel_decoder must be 'light' or 'vae', got {pixel_decoder!r}")
         if (pixel_decoder == "vae" or fit_light_to_vae_steps > 0) and teacher is None:
@@ -159,16 +179,70 @@ class PixelRefinementTask(DepthTask):
         """Depth for ``batch['image']`` from the configured pixel decoder."""
         return self(batch["image"])
 
+    # ----------------------------------------------------------------------------------------------- pseudo-labels
+    def check_unlabeled_sets(self, names: list[str]) -> None:
+        """Accept training sets without ground truth when their pseudo-labels can be had (or they are skipped).
+
+        Raises:
+            ConfigError: unlabeled sets, ``pseudo_labels`` not ``"none"``, and neither a teacher nor a teacher cache
+                holding ``teacher_depth``; or ``"none"`` under DDP (a skipped step on one rank would stall the others).
+        """
+        pseudo = self.hparams.pseudo_labels
+        needed = names if pseudo == "unlabeled" else ([] if pseudo == "none" else ["(every set)"])
+        if pseudo == "none" and names and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"data.init_args.train.{names[0]} has no depth and pseudo_labels is 'none' (skip its batches), which "
+                "multi-process training cannot do; remove the set from data.init_args.train"
+            )
+        cache = getattr(getattr(self.trainer, "datamodule", None), "teacher_cache", None)
+        if needed and self.teacher is None and not getattr(cache, "has_depth", False):
+            raise ConfigError(
+                f"data.init_args.train.{needed[0]}: pseudo_labels={pseudo!r} needs the teacher's depth, but there is "
+                "no model.init_args.teacher and no teacher cache with depth (tools/cache_teacher.py --with-depth); "
+                "set one, or remove the unlabeled sets (the GT-only baseline trains on ground truth alone)"
+            )
+
+    @torch.no_grad()
+    def pseudo_label(self, batch: Batch) -> Tensor:
+        """The teacher's one-step decoded depth [B,1,H,W] in [−1,1]: from the cache (``teacher_depth``) or live."""
+        cached = batch.get("teacher_depth")
+        if cached is not None:
+            return cached.float()
+        assert self.teacher is not None, "check_unlabeled_sets guarantees a teacher or a cache with depth"
+        return self.teacher.one_step_depth(batch["image"]).float()
+
+    def pseudo_label_mask(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Pixels the pseudo-label term uses: all, minus each image's ``pseudo_label_ignore_fraction`` worst.
+
+        "Worst" is the absolute error of the prediction least-squares aligned to the pseudo-label (the SSI residual),
+        detached; bool [B,1,H,W].
+        """
+        keep = torch.ones_like(target, dtype=torch.bool)
+        fraction = float(self.hparams.pseudo_label_ignore_fraction)
+        if fraction <= 0.0:
+            return keep
+        with torch.no_grad():
+            residual = (align_prediction(pred.detach().float(), target, keep) - target).abs().flatten(1)
+            threshold = torch.quantile(residual, 1.0 - fraction, dim=1, keepdim=True)
+            return (residual <= threshold).view_as(target)
+
     # -------------------------------------------------------------------------------------------------- training
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Hybrid Depth Loss against ``depth_norm``; or, while fitting the light head, SSI against the VAE output."""
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        """Hybrid Depth Loss against ``depth_norm`` and/or the teacher's pseudo-label; SSI while fitting the light head.
+
+        Returns ``None`` (no update) for an unlabeled batch with ``pseudo_labels: none``.
+        """
         image = batch["image"]
+        labelled = batch.get("has_depth")
+        unlabeled = labelled is not None and not bool(labelled.any())
+        if unlabeled and self.hparams.pseudo_labels == "none":
+            return None
         if self.global_step < self.hparams.fit_light_to_vae_steps:
             outputs = self.student(image, heads=("latent", "depth"))
             assert self.teacher is not None
             with torch.no_grad():
                 # [B,1,8h,8w]: the latent grid covers the image padded to a multiple of 8; crop to the image.
-                target = crop_to(decode_depth_latent(self.teacher.vae, outputs["latent"]), image.shape[-2:])
+                target = self.teacher.decode_depth(outputs["latent"], image.shape[-2:])
             mask = torch.ones_like(target, dtype=torch.bool)
             loss = ssi_loss(outputs["depth"], target, mask)
             # DDP without find_unused_parameters needs every trainable parameter in every step's graph; the
@@ -180,10 +254,22 @@ class PixelRefinementTask(DepthTask):
 
         pred = self(image)
         shared = self._gradnorm_parameters if self.training else None
-        loss, parts = self.loss(pred, batch["depth_norm"], batch["valid_mask"], image=image, shared_parameters=shared)
         batch_size = image.shape[0]
+        loss = pred.new_zeros(())
+        if not unlabeled:
+            loss, parts = self.loss(
+                pred, batch["depth_norm"], batch["valid_mask"], image=image, shared_parameters=shared
+            )
+            self.log_dict({f"train/{key}": value for key, value in parts.items()}, batch_size=batch_size)
+        if unlabeled or self.hparams.pseudo_labels == "all":
+            target = self.pseudo_label(batch)
+            pseudo, parts = self.loss(
+                pred, target, self.pseudo_label_mask(pred, target), image=image, shared_parameters=shared
+            )
+            loss = loss + self.hparams.pseudo_label_weight * pseudo
+            self.log("train/pseudo_loss", pseudo, batch_size=batch_size)
+            self.log_dict({f"train/pseudo_{key}": value for key, value in parts.items()}, batch_size=batch_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train/{key}": value for key, value in parts.items()}, batch_size=batch_size)
         return loss
 
     def on_train_epoch_end(self) -> None:

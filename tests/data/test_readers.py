@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from d3epth.data import HypersimDataset, KITTIDataset, NYUv2Dataset, VirtualKITTI2Dataset
+from d3epth.data import HypersimDataset, KITTIDataset, NYUv2Dataset, UnlabeledImageDataset, VirtualKITTI2Dataset
 from tests.helpers.data import write_hypersim, write_kitti, write_nyu, write_png16, write_rgb, write_vkitti2
 
 
@@ -399,7 +399,9 @@ def test_every_reader_returns_the_sample_contract(tmp_path: Path) -> None:
         VirtualKITTI2Dataset(tmp_path / "vk", kb_crop=False)[0],
         NYUv2Dataset(tmp_path / "nyu")[0],
         KITTIDataset(tmp_path / "kitti", kb_crop=False)[0],
+        UnlabeledImageDataset(str(tmp_path / "hs" / "**" / "rgb_*.png"), resize=[16, 16])[0],
     ]
+    assert [s["has_depth"] for s in samples] == [True, True, True, True, False]
     for s in samples:
         assert set(REQUIRED_KEYS) <= set(s), s["path"]
         height, width = s["image"].shape[-2:]
@@ -408,7 +410,7 @@ def test_every_reader_returns_the_sample_contract(tmp_path: Path) -> None:
             if key not in s:
                 continue
             if spec.dtype is None:
-                assert isinstance(s[key], str), key
+                assert isinstance(s[key], bool if key == "has_depth" else str), key
             else:
                 assert s[key].dtype == spec.dtype, key
                 if spec.shape in shapes:

@@ -89,7 +89,9 @@ def test_cached_targets_equal_the_tasks_on_the_fly_targets(roots: dict[str, Path
             sample = dataset[i]
             image = sample["image"][None]
             height, width = image.shape[-2:]
-            plain, flipped = cache.load(name, sample["path"], (height, width))
+            targets = cache.load(name, sample["path"], (height, width))
+            assert sorted(targets) == ["teacher_latent", "teacher_latent_flipped"]  # built without --with-depth
+            plain, flipped = targets["teacher_latent"], targets["teacher_latent_flipped"]
             assert plain.shape == (4, -(-height // 8), -(-width // 8))
             expected_plain = task.teacher_targets(image)[0][0]
             expected_flipped = task.teacher_targets(image.flip(-1))[0][0]
@@ -113,7 +115,9 @@ def test_float16_storage_error_within_unit_roundoff(config: Path, cache32: Path,
     assert len(shards) == 1  # default shard size holds all 5 samples
     for path, (_, height, width) in exact.entries("hypersim").items():
         pairs = zip(
-            exact.load("hypersim", path, (height, width)), half.load("hypersim", path, (height, width)), strict=True
+            exact.load("hypersim", path, (height, width)).values(),
+            half.load("hypersim", path, (height, width)).values(),
+            strict=True,
         )
         for a, b in pairs:
             assert b.dtype == torch.float32  # served as float32 whatever the storage
@@ -140,8 +144,9 @@ def test_datamodule_serves_the_target_of_the_flip_state(roots: dict[str, Path], 
                 if flipped:
                     assert torch.equal(sample["image"], plain["image"].flip(-1))
                 flips.append(flipped)
-                latent, latent_flipped = cache.load(name, plain["path"], plain["image"].shape[-2:])
-                assert torch.equal(sample["teacher_latent"], latent_flipped if flipped else latent)
+                targets = cache.load(name, plain["path"], plain["image"].shape[-2:])
+                expected = targets["teacher_latent_flipped" if flipped else "teacher_latent"]
+                assert torch.equal(sample["teacher_latent"], expected)
             offset += len(plain_set)
         assert all(flips) if hflip_p == 1.0 else (not any(flips) if hflip_p == 0.0 else 0 < sum(flips) < len(flips))
 
@@ -258,7 +263,9 @@ def test_interrupted_run_resumes_where_it_stopped(
         assert resumed.entries(name).keys() == reference.entries(name).keys()
         for path, (_, height, width) in reference.entries(name).items():
             size = (height, width)
-            for a, b in zip(resumed.load(name, path, size), reference.load(name, path, size), strict=True):
+            a_targets, b_targets = resumed.load(name, path, size), reference.load(name, path, size)
+            assert a_targets.keys() == b_targets.keys()
+            for a, b in zip(a_targets.values(), b_targets.values(), strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 

@@ -98,12 +98,16 @@ class TeacherCacheWriter:
         teacher: ``{"source": ..., "fingerprint": ..., "vae_scale_factor": f, "latent_channels": C}``.
         dtype: storage dtype name, ``"float16"`` or ``"float32"``.
         d3epth_version: written into the index.
+        with_depth: also store the decoded one-step depth (``teacher_depth``, [1,H,W] per flip state: stage 2's
+            pseudo-label; 2·H·W values per sample instead of the latent's 8·H·W/64).
 
     Raises:
         TeacherCacheError: ``root`` holds a cache for another teacher or dtype, or something that is not a cache.
     """
 
-    def __init__(self, root: str | Path, teacher: Mapping[str, Any], dtype: str, d3epth_version: str) -> None:
+    def __init__(
+        self, root: str | Path, teacher: Mapping[str, Any], dtype: str, d3epth_version: str, with_depth: bool = False
+    ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"teacher cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.root = Path(root).expanduser()
@@ -116,6 +120,12 @@ class TeacherCacheWriter:
                     f"{self.index_file} holds targets of teacher {index['teacher'].get('source')!r} "
                     f"({index['teacher'].get('fingerprint')}), not of {teacher.get('source')!r} "
                     f"({teacher['fingerprint']}); choose another --out or delete {self.root}"
+                )
+            targets = ["latent", "depth"] if with_depth else ["latent"]
+            if index.get("targets", ["latent"]) != targets:
+                raise TeacherCacheError(
+                    f"{self.index_file} stores {index.get('targets', ['latent'])}, not {targets}; "
+                    f"{'drop' if not with_depth else 'add'} --with-depth to extend it, or use another --out"
                 )
             if index["dtype"] != dtype:
                 raise TeacherCacheError(
@@ -137,9 +147,11 @@ class TeacherCacheWriter:
                 "teacher": dict(teacher),
                 "dtype": dtype,
                 "target": TARGET_DESCRIPTION,
+                "targets": ["latent", "depth"] if with_depth else ["latent"],
                 "sets": {},
             }
         self.index = index
+        self.with_depth = "depth" in index["targets"]
 
     def begin_set(self, set_name: str, dataset: Dataset) -> set[str]:
         """Register a training set (or check it against the cached one); returns the sample paths already cached."""
@@ -165,6 +177,8 @@ class TeacherCacheWriter:
         sizes: Sequence[tuple[int, int]],
         latents: Iterable[Tensor],
         flipped: Iterable[Tensor],
+        depths: Sequence[Tensor] = (),
+        depths_flipped: Sequence[Tensor] = (),
     ) -> Path:
         """Write one shard (atomically), then record its samples in the index (atomically).
 
@@ -174,6 +188,8 @@ class TeacherCacheWriter:
             sizes: ``(H, W)`` of each sample's image.
             latents: target of each image, ``[C,h,w]``.
             flipped: target of each mirrored image, ``[C,h,w]``.
+            depths: with ``with_depth``, the decoded one-step depth of each image, ``[1,H,W]``.
+            depths_flipped: with ``with_depth``, that of each mirrored image, ``[1,H,W]``.
 
         Returns:
             The shard file.
@@ -188,9 +204,14 @@ class TeacherCacheWriter:
         shard = folder / f"shard_{max(numbers, default=-1) + 1:05d}.safetensors"
         dtype = DTYPES[self.dtype]
         tensors: dict[str, Tensor] = {}
-        for path, latent, latent_flipped in zip(paths, latents, flipped, strict=True):
-            tensors[f"{path}#latent"] = latent.detach().to("cpu", dtype).contiguous()
-            tensors[f"{path}#latent_flipped"] = latent_flipped.detach().to("cpu", dtype).contiguous()
+        columns = {"latent": list(latents), "latent_flipped": list(flipped)}
+        if self.with_depth:
+            columns.update(depth=list(depths), depth_flipped=list(depths_flipped))
+        for suffix, values in columns.items():
+            if len(values) != len(paths):
+                raise ValueError(f"write_shard: {len(paths)} paths but {len(values)} '{suffix}' tensors")
+            for path, value in zip(paths, values, strict=True):
+                tensors[f"{path}#{suffix}"] = value.detach().to("cpu", dtype).contiguous()
         tmp = shard.with_name(f".{shard.name}.tmp")
         save_file(tensors, str(tmp), metadata={"format": CACHE_FORMAT, "set": set_name})
         os.replace(tmp, shard)
@@ -203,6 +224,7 @@ class TeacherCacheWriter:
 
     def flush_index(self) -> None:
         """Write the index (e.g. after registering sets with nothing left to compute)."""
+        _atomic_write_text(self.index_file, json.dumps(self.index, indent=1))
 
 
 def _batches(loader: DataLoader, batch_size: int, done: set[str]) -> Iterator[tuple[list[str], Tensor]]:
@@ -278,13 +300,25 @@ def fill_cache(
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
         )
-        shard: dict[str, list[Any]] = {"paths": [], "sizes": [], "latents": [], "flipped": []}
+        shard: dict[str, list[Any]] = {
+            "paths": [],
+            "sizes": [],
+            "latents": [],
+            "flipped": [],
+            "depths": [],
+            "depths_flipped": [],
+        }
         with tqdm(total=len(indices), desc=f"teacher cache: {set_name}", disable=not progress, unit="img") as bar:
             for paths, images in _batches(loader, batch_size, done):
                 images = images.to(device, non_blocking=True)
                 # One teacher call for the images and their mirrors; the mirror is padded after flipping, exactly as
                 # stage 1 pads a flipped training image.
-                latents = teacher_latents(teacher, torch.cat([images, images.flip(-1)])).cpu()
+                latents = teacher_latents(teacher, torch.cat([images, images.flip(-1)]))
+                if writer.with_depth:
+                    depths = teacher.decode_depth(latents, images.shape[-2:]).float().cpu()
+                    shard["depths"].extend(depths[: len(paths)].unbind(0))
+                    shard["depths_flipped"].extend(depths[len(paths) :].unbind(0))
+                latents = latents.cpu()
                 n = len(paths)
                 shard["paths"].extend(paths)
                 shard["sizes"].extend([tuple(images.shape[-2:])] * n)

@@ -30,6 +30,9 @@ INDEX_FILE = "index.json"
 #: Sample key of the cached target, and of the target of the mirrored image.
 LATENT_KEY = "teacher_latent"
 FLIPPED_LATENT_KEY = FLIP_PAIRS[LATENT_KEY]
+#: Sample key of the cached one-step decoded depth (caches built ``--with-depth``), and of the mirrored image's.
+DEPTH_KEY = "teacher_depth"
+FLIPPED_DEPTH_KEY = FLIP_PAIRS[DEPTH_KEY]
 #: Storage dtypes.
 DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
 #: How the cached targets are computed (recorded in the index, for people reading it).
@@ -100,6 +103,11 @@ class TeacherCache:
     def fingerprint(self) -> str:
         """:func:`teacher_fingerprint` of the teacher the cache was computed with."""
         return str(self.index["teacher"].get("fingerprint"))
+
+    @property
+    def has_depth(self) -> bool:
+        """Whether the cache also holds the decoded one-step depth (``teacher_depth``), stage 2's pseudo-label."""
+        return "depth" in self.index.get("targets", ["latent"])
 
     @property
     def set_names(self) -> list[str]:
@@ -179,7 +187,7 @@ class TeacherCache:
             handle = self._handles[shard] = safe_open(str(path), framework="pt")
         return handle
 
-    def load(self, set_name: str, path: str, image_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def load(self, set_name: str, path: str, image_size: Sequence[int]) -> dict[str, Tensor]:
         """The cached targets of one sample: for the image and for its horizontal mirror.
 
         Args:
@@ -188,7 +196,9 @@ class TeacherCache:
             image_size: ``(H, W)`` of the sample's image as the dataset returns it now, checked against the cache.
 
         Returns:
-            Two float32 tensors ``[C,ceil(H/f),ceil(W/f)]``: ``latent``, ``latent_flipped``.
+            Sample keys to float32 tensors: ``teacher_latent`` and ``teacher_latent_flipped``
+            ``[C,ceil(H/f),ceil(W/f)]`` and, with :attr:`has_depth`, ``teacher_depth`` and ``teacher_depth_flipped``
+            ``[1,H,W]``.
 
         Raises:
             TeacherCacheError: no entry for the sample, or it was cached at another image size.
@@ -209,9 +219,12 @@ class TeacherCache:
                 "recompute the cache"
             )
         handle = self._handle(shard)
-        expected = (self.channels, math.ceil(height / self.scale), math.ceil(width / self.scale))
-        out = []
-        for suffix in ("latent", "latent_flipped"):
+        latent_shape = (self.channels, math.ceil(height / self.scale), math.ceil(width / self.scale))
+        shapes = {"latent": latent_shape, "latent_flipped": latent_shape}
+        if self.has_depth:
+            shapes.update(depth=(1, height, width), depth_flipped=(1, height, width))
+        out = {}
+        for suffix, expected in shapes.items():
             key = f"{path}#{suffix}"
             try:
                 tensor = handle.get_tensor(key)
@@ -222,8 +235,8 @@ class TeacherCache:
                     f"teacher cache shard {self.root / shard}: '{key}' has shape {tuple(tensor.shape)}, expected "
                     f"{expected} for a {height}x{width} image"
                 )
-            out.append(tensor.float())
-        return out[0], out[1]
+            out[f"teacher_{suffix}"] = tensor.float()
+        return out
 
     def lookup(self, set_name: str) -> TeacherCacheLookup:
         """The transform that adds one training set's cached targets to its samples."""
@@ -237,7 +250,7 @@ class TeacherCache:
 
 
 class TeacherCacheLookup:
-    """Transform: add ``teacher_latent`` and ``teacher_latent_flipped`` from the cache to a training sample.
+    """Transform: add ``teacher_latent`` and ``teacher_latent_flipped`` (and ``teacher_depth*``) from the cache.
 
     Runs before the flip augmentation, on the sample as its dataset returns it; :class:`~d3epth.data.transforms
     .HorizontalFlip` swaps the two when it mirrors the sample.
@@ -255,8 +268,7 @@ class TeacherCacheLookup:
         """Attach the cached targets of ``sample`` and of its mirror (``teacher_latent``, ``..._flipped``)."""
         if "path" not in sample or "image" not in sample:
             raise ValueError(f"teacher cache lookup needs the sample keys 'path' and 'image'; keys: {sorted(sample)}")
-        latent, flipped = self.cache.load(self.set_name, str(sample["path"]), tuple(sample["image"].shape[-2:]))
-        return {**sample, LATENT_KEY: latent, FLIPPED_LATENT_KEY: flipped}
+        return {**sample, **self.cache.load(self.set_name, str(sample["path"]), tuple(sample["image"].shape[-2:]))}
 
     def __repr__(self) -> str:
         return f"TeacherCacheLookup({str(self.cache.root)!r}, set_name={self.set_name!r})"

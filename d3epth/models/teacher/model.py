@@ -264,7 +264,7 @@ class DiffusionDepthTeacher(nn.Module):
             raise ValueError(f"encode_depth expects [B, 1, H, W] in [-1, 1], got {tuple(depth.shape)}")
         return self.encode_image(depth.expand(-1, 3, -1, -1))
 
-    def decode_depth(self, latent: Tensor) -> Tensor:
+    def decode_depth(self, latent: Tensor, size: Sequence[int] | None = None) -> Tensor:
         """Decode a depth latent: :func:`~d3epth.models.depth_model.decode_depth_latent` with this teacher's VAE.
 
         The mean of the 3 decoded channels, clipped to [-1, 1]. Differentiable (E2E-FT back-propagates through the
@@ -272,13 +272,14 @@ class DiffusionDepthTeacher(nn.Module):
 
         Args:
             latent: [B,4,h,w] (scaled).
+            size: ``(H, W)`` of the image the latent belongs to, to crop the padding off; ``None``: no crop.
 
         Returns:
-            [B,1,8h,8w] in [-1, 1].
+            [B,1,8h,8w] in [-1, 1], or [B,1,H,W] with ``size``.
         """
         if latent.ndim != 4 or latent.shape[1] != self.latent_channels:
             raise ValueError(f"decode_depth expects [B, {self.latent_channels}, h, w], got {tuple(latent.shape)}")
-        return decode_depth_latent(self.vae, latent)
+        return decode_depth_latent(self.vae, latent, size)
 
     # ------------------------------------------------------------------------------------------------------------------
     # UNet
@@ -360,6 +361,14 @@ class DiffusionDepthTeacher(nn.Module):
             raise ValueError(f"one_step expects float [B, 3, H, W] in [-1, 1], got {image.dtype} {tuple(image.shape)}")
         rgb_latent = self.encode_image(pad_to_multiple(image, self.vae_scale_factor))
         return self._one_step_from_latent(rgb_latent, features)
+
+    def one_step_depth(self, image: Tensor) -> Tensor:
+        """The one-step depth latent of :meth:`one_step`, decoded: [B,1,H,W] in [-1, 1] for images [B,3,H,W].
+
+        The pixel-space pseudo-label stage 2 trains unlabeled images on (``teacher_depth``), and the teacher column of
+        stage 1's validation images.
+        """
+        return self.decode_depth(self.one_step(image).latent, image.shape[-2:])
 
     def _one_step_from_latent(self, rgb_latent: Tensor, names: Sequence[str]) -> OneStepPrediction:
         depth_latent = torch.zeros_like(rgb_latent)
