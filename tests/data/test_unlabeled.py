@@ -171,3 +171,18 @@ def test_base_task_refuses_unlabeled_sets_with_one_line() -> None:
         task.check_unlabeled_sets(["web"])
     task.check_unlabeled_sets([])  # labelled sets only: fine
     tiny_task("stage1").check_unlabeled_sets(["web"])  # stage 1 distils them
+
+
+def test_pseudo_label_mask_leaves_out_each_images_largest_errors() -> None:
+    from tests.helpers.checkpoints import tiny_task
+
+    task = tiny_task("stage2_light", pseudo_label_ignore_fraction=0.1)
+    target = torch.linspace(-1, 1, 2 * 100).view(2, 1, 10, 10)
+    pred = 3.0 * target + 0.5  # an affine map of the target: zero error after alignment...
+    worst = torch.zeros_like(target, dtype=torch.bool)
+    worst[0, 0, 0, :10] = True  # ...except 10 % of image 0's pixels and another 10 % of image 1's
+    worst[1, 0, 5, :10] = True
+    pred = torch.where(worst, pred + torch.linspace(1, 2, 10).view(1, 1, 1, 10), pred)
+    keep = task.pseudo_label_mask(pred, target)
+    assert torch.equal(keep, ~worst)
+    assert bool(tiny_task("stage2_light").pseudo_label_mask(pred, target).all())  # fraction 0 keeps every pixel
