@@ -1,0 +1,380 @@
+"""Does distillation pay? The same student with and without the teacher, as labels get scarce (issue: unlabeled data).
+
+On the generated sample data, a fraction of the Hypersim-like training frames keeps its depth (100 %, 20 %, 5 %; the
+same frames for every arm and seed) and the rest are used as images only. Arms, all with the same student and the
+same total number of optimiser steps:
+
+* ``baseline`` -- the student trained on the labelled frames alone (Hybrid Depth Loss, no teacher);
+* ``d3epth`` -- stage 1 (latent distillation) on all frames, then stage 2 on the labelled frames;
+* ``d3epth+pseudo`` -- the same stage 1, then stage 2 also on the teacher's one-step depth for the unlabeled frames;
+* ``teacher`` -- the one teacher every arm distils, trained on all labels (the quick start's autoencoder + teacher).
+
+Stage 1 ignores ground truth (``mask_latent_loss: false``), so it is the same for every fraction and runs once per
+seed. A domain-shift row uses NYU-like rooms generated with another seed (never the test rooms) as the unlabeled set
+with all Hypersim labels, scored on the NYU-like test scenes. Every cell: mean ± std over seeds of AbsRel and δ1 on
+the held-out test scenes. Nothing is tuned on them: the step budgets and losses are the sample configs' own.
+
+    python benchmarks/distillation_value.py --out benchmarks/results/distillation_value          # full (3 seeds)
+    python benchmarks/distillation_value.py --quick --out /tmp/dv                                 # smoke (1 seed)
+
+Writes ``results.json`` (every run and the summary) and ``distillation_value.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARMS = ("baseline", "d3epth", "d3epth+pseudo")
+
+
+@dataclass
+class Plan:
+    """What one invocation runs: fractions, seeds and step budgets."""
+
+    fractions: list[float]
+    seeds: list[int]
+    stage1_steps: int
+    stage2_steps: int
+    teacher_scale: float
+    domain_shift: bool = True
+    runs: list[dict] = field(default_factory=list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="benchmarks/distillation_value.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distillation_value")
+    parser.add_argument("--data", type=Path, default=None, help="sample data folder (default: <out>/sample_data)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, fractions 100 %% and 5 %%, short budgets")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=None, help="default: 1.0 0.2 0.05")
+    parser.add_argument("--stage1-steps", type=int, default=None, help="default 300 (quick 60)")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="default 300 (quick 60); baseline: the sum")
+    parser.add_argument("--teacher-scale", type=float, default=None, help="teacher steps x (default 1.0, quick 0.3)")
+    parser.add_argument("--no-domain-shift", action="store_true", help="skip the NYU-like unlabeled row")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------ data splits
+def labelled_split(data: Path, fraction: float, work: Path) -> tuple[Path, Path | None]:
+    """Write the labelled list (Hypersim format) and the unlabeled image list for ``fraction``; fixed frames.
+
+    The frames kept labelled are a prefix of one seeded permutation, so 5 % ⊂ 20 % ⊂ 100 % for every arm and seed.
+    """
+    from d3epth.data import HypersimDataset
+
+    split_file = HypersimDataset(data / "hypersim", split="train", check="none").split_file
+    lines = [ln for ln in split_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    order = list(range(len(lines)))
+    random.Random(2024).shuffle(order)
+    keep = max(1, round(fraction * len(lines)))
+    labelled = work / f"labelled_{fraction:g}.txt"
+    labelled.write_text("\n".join(lines[i] for i in sorted(order[:keep])) + "\n")
+    rest = sorted(order[keep:])
+    if not rest:
+        return labelled, None
+    unlabeled = work / f"unlabeled_{fraction:g}.txt"
+    unlabeled.write_text("\n".join(str(data / "hypersim" / "train" / lines[i].split()[0]) for i in rest) + "\n")
+    return labelled, unlabeled
+
+
+def data_config(path: Path, data: Path, train: dict[str, dict]) -> Path:
+    """A data config: configs/sample/data.yaml with these training sets (Hypersim-like and unlabeled only)."""
+    sets = "".join(f"      {name}: {json.dumps(node)}\n" for name, node in train.items())
+    probabilities = {name: round(1.0 / len(train), 6) for name in train}
+    path.write_text(
+        f"base: {json.dumps(str(REPO / 'configs' / 'sample' / 'data.yaml'))}\n"
+        f"data:\n  init_args:\n    train:\n{sets}    train_probabilities: {json.dumps(probabilities)}\n"
+    )
+    return path
+
+
+def hypersim(data: Path, split_file: Path | None = None) -> dict:
+    """A Hypersim-like training set node (all frames, or those of ``split_file``)."""
+    args = {"root": str(data / "hypersim"), "split": "train", "resize": [96, 128]}
+    if split_file is not None:
+        args["split_file"] = str(split_file)
+    return {"class_path": "d3epth.data.HypersimDataset", "init_args": args}
+
+
+def unlabeled(images: Path | str) -> dict:
+    """An unlabeled image set node."""
+    return {
+        "class_path": "d3epth.data.UnlabeledImageDataset",
+        "init_args": {"images": str(images), "resize": [96, 128]},
+    }
+
+
+# ------------------------------------------------------------------------------------------------------------- arms
+def arm_runs(arm: str, fraction: float, seed: int, data: Path, work: Path, plan: Plan, teacher: str) -> list[dict]:
+    """The ``tools/fit.py`` runs of one arm: ``{"name", "config", "args"}`` each, stage 1 shared by name."""
+    labelled, rest = labelled_split(data, fraction, work)
+    common = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--logger.save_dir={work / 'logs'}"]
+    total = plan.stage1_steps + plan.stage2_steps
+    if arm == "baseline":
+        cfg = data_config(work / f"data_labelled_{fraction:g}.yaml", data, {"hypersim": hypersim(data, labelled)})
+        name = f"baseline_f{fraction:g}_s{seed}"
+        return [_run(name, "baseline.yaml", cfg, total, common)]
+    stage1_name = f"stage1_s{seed}"
+    stage1_cfg = data_config(work / "data_all.yaml", data, {"hypersim": hypersim(data)})
+    stage1 = _run(stage1_name, "stage1.yaml", stage1_cfg, plan.stage1_steps, common)
+    stage1["args"] += [f"--model.init_args.teacher={teacher}", "--model.init_args.mask_latent_loss=false"]
+    train = {"hypersim": hypersim(data, labelled)}
+    if arm == "d3epth+pseudo" and rest is not None:
+        train["unlabeled"] = unlabeled(rest)
+    cfg = data_config(work / f"data_{arm}_{fraction:g}.yaml", data, train)
+    stage2 = _run(f"{arm}_f{fraction:g}_s{seed}", "stage2.yaml", cfg, plan.stage2_steps, common)
+    stage2["args"] += [
+        f"--model.init_args.init_from={work / 'logs' / stage1_name}",
+        f"--model.init_args.teacher={teacher}",
+    ]
+    return [stage1, stage2]
+
+
+def _run(name: str, model_config: str, data_cfg: Path, steps: int, common: list[str]) -> dict:
+    return {
+        "name": name,
+        "config": [str(REPO / "configs" / "sample" / model_config), str(data_cfg)],
+        "args": [
+            *common,
+            f"--run_name={name}",
+            f"--trainer.max_steps={steps}",
+            f"--trainer.val_check_interval={steps}",
+            "--trainer.enable_progress_bar=false",
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ execution
+def train(run: dict, work: Path, done: dict[str, str]) -> str:
+    """Train ``run`` (once per name) with tools/fit.py in-process; its last checkpoint."""
+    if run["name"] in done:
+        return done[run["name"]]
+    from d3epth.cli.trainer import fit
+
+    argv = [a for path in run["config"] for a in ("--config", path)] + run["args"]
+    start = time.perf_counter()
+    trainer = fit(argv)
+    done[run["name"]] = str(Path(trainer.log_dir) / "checkpoints" / "last.ckpt")
+    print(f"   {run['name']}: {time.perf_counter() - start:.0f} s", flush=True)
+    return done[run["name"]]
+
+
+def score(checkpoint: str, test_sets: dict) -> dict[str, float]:
+    """Metrics of a checkpoint on the test sets, ``{"<set>/<metric>": value}``."""
+    from d3epth.inference import evaluate, load_predictor
+
+    predictor = load_predictor(checkpoint, device="cpu")
+    results = evaluate(predictor.predict, test_sets, alignment=predictor.kind, progress=False)
+    return {f"{s}/{k}": float(v) for s, values in results.items() for k, v in values.items()}
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """Mean ± std over seeds of each (row, arm) cell."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        cells.setdefault((run["row"], run["arm"]), []).append(run["metrics"])
+    out = []
+    for (row, arm), metrics in cells.items():
+        entry = {"row": row, "arm": arm, "n": len(metrics)}
+        for key in metrics[0]:
+            values = [m[key] for m in metrics]
+            entry[key] = statistics.fmean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def plot(summary: list[dict], fractions: list[float], path: Path) -> None:
+    """AbsRel vs labelled fraction per arm, with ±1 std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for arm in (*ARMS, "teacher"):
+        xs, ys, es = [], [], []
+        for f in sorted(fractions):
+            cell = next((c for c in summary if c["row"] == f"hypersim {f:g}" and c["arm"] == arm), None)
+            if cell is not None:
+                xs.append(100 * f)
+                ys.append(cell["hypersim/abs_rel"])
+                es.append(cell["hypersim/abs_rel_std"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled Hypersim-like training frames (%)")
+    ax.set_ylabel("AbsRel, Hypersim-like test scenes")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every arm, fraction and seed; write results.json and the plot. Returns the exit code."""
+    args = build_parser().parse_args(argv)
+    quick = args.quick
+    plan = Plan(
+        fractions=args.fractions or ([1.0, 0.05] if quick else [1.0, 0.2, 0.05]),
+        seeds=args.seeds or ([0] if quick else [0, 1, 2]),
+        stage1_steps=args.stage1_steps or (60 if quick else 300),
+        stage2_steps=args.stage2_steps or (60 if quick else 300),
+        teacher_scale=args.teacher_scale or (0.3 if quick else 1.0),
+        domain_shift=not args.no_domain_shift,
+    )
+    out = args.out.resolve()
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    data = (args.data or out / "sample_data").resolve()
+    os.environ["D3EPTH_SAMPLE_ROOT"] = str(data)
+    start = time.perf_counter()
+    if not (data / "hypersim" / "filename_list_train_filtered.txt").is_file():
+        subprocess.run(
+            [sys.executable, str(REPO / "tools" / "make_sample_data.py"), "--out", str(data), "--no-progress"],
+            check=True,
+        )
+    nyu_unlabeled = out / "nyu_unlabeled"
+    if plan.domain_shift and not (nyu_unlabeled / "nyuv2").is_dir():
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tools" / "make_sample_data.py"),
+                "--out",
+                str(nyu_unlabeled),
+                "--seed",
+                "7",
+                "--no-progress",
+            ],
+            check=True,
+        )
+
+    from d3epth.cli.quickstart import STAGES, run_stage
+    from d3epth.cli.trainer import build_cli
+
+    logs = work / "logs"
+    for stage in STAGES[:2]:  # autoencoder, teacher: once, on all labels
+        teacher = run_stage(stage, logs, plan.teacher_scale)
+    datamodule = build_cli(["--config", str(REPO / "configs" / "sample" / "data.yaml")], parse_only=True)
+    test_sets = {k: v for k, v in datamodule.build_datamodule().test_sets.items() if k in ("hypersim", "nyu")}
+    done: dict[str, str] = {}
+    runs: list[dict] = []
+    for seed in plan.seeds:
+        for fraction in plan.fractions:
+            for arm in ARMS:
+                if arm == "d3epth+pseudo" and fraction >= 1.0:
+                    continue  # no unlabeled frames: the same runs as d3epth
+                ckpt = ""
+                for run in arm_runs(arm, fraction, seed, data, work, plan, teacher):
+                    ckpt = train(run, work, done)
+                runs.append(
+                    {
+                        "row": f"hypersim {fraction:g}",
+                        "arm": arm,
+                        "seed": seed,
+                        "checkpoint": ckpt,
+                        "metrics": score(ckpt, test_sets),
+                    }
+                )
+        if plan.domain_shift:
+            runs += domain_shift_runs(seed, data, nyu_unlabeled, work, plan, teacher, done, test_sets)
+    teacher_metrics = score(teacher, test_sets)
+    for fraction in plan.fractions:
+        runs.append(
+            {
+                "row": f"hypersim {fraction:g}",
+                "arm": "teacher",
+                "seed": None,
+                "checkpoint": teacher,
+                "metrics": teacher_metrics,
+            }
+        )
+    summary = summarise(runs)
+    elapsed = time.perf_counter() - start
+    result = {
+        "plan": {k: v for k, v in vars(plan).items() if k != "runs"},
+        "elapsed_s": elapsed,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads",
+        "summary": summary,
+        "runs": runs,
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    plot(summary, plan.fractions, out / "distillation_value.png")
+    print_table(summary)
+    print(f"total {elapsed / 60:.1f} min; wrote {out / 'results.json'} and {out / 'distillation_value.png'}")
+    return 0
+
+
+def domain_shift_runs(
+    seed: int,
+    data: Path,
+    nyu_unlabeled: Path,
+    work: Path,
+    plan: Plan,
+    teacher: str,
+    done: dict[str, str],
+    test_sets: dict,
+) -> list[dict]:
+    """All Hypersim labels; NYU-like rooms (another seed) as images only; scored on the NYU-like test scenes."""
+    common = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--logger.save_dir={work / 'logs'}"]
+    nyu_images = nyu_unlabeled / "nyuv2" / "**" / "rgb_*.png"
+    both = data_config(
+        work / "data_hypersim_nyu.yaml", data, {"hypersim": hypersim(data), "nyu": unlabeled(nyu_images)}
+    )
+    stage1 = _run(f"stage1_nyu_s{seed}", "stage1.yaml", both, plan.stage1_steps, common)
+    stage1["args"] += [f"--model.init_args.teacher={teacher}", "--model.init_args.mask_latent_loss=false"]
+    rows = []
+    for arm, cfg in (
+        ("d3epth", data_config(work / "data_all.yaml", data, {"hypersim": hypersim(data)})),
+        ("d3epth+pseudo", both),
+    ):
+        stage2 = _run(f"nyu_{arm}_s{seed}", "stage2.yaml", cfg, plan.stage2_steps, common)
+        stage2["args"] += [
+            f"--model.init_args.init_from={work / 'logs' / stage1['name']}",
+            f"--model.init_args.teacher={teacher}",
+        ]
+        train(stage1, work, done)
+        ckpt = train(stage2, work, done)
+        rows.append(
+            {"row": "nyu-unlabeled", "arm": arm, "seed": seed, "checkpoint": ckpt, "metrics": score(ckpt, test_sets)}
+        )
+    baseline = done.get(f"baseline_f1_s{seed}")
+    if baseline is not None:
+        rows.append(
+            {
+                "row": "nyu-unlabeled",
+                "arm": "baseline",
+                "seed": seed,
+                "checkpoint": baseline,
+                "metrics": score(baseline, test_sets),
+            }
+        )
+    return rows
+
+
+def print_table(summary: list[dict]) -> None:
+    """The summary as a text table."""
+    print(f"{'row':<16} {'arm':<14} {'n':>2}  {'Hypersim AbsRel':>17}  {'Hypersim δ1':>15}  {'NYU AbsRel':>17}")
+    for c in summary:
+        print(
+            f"{c['row']:<16} {c['arm']:<14} {c['n']:>2}  "
+            f"{c['hypersim/abs_rel']:.4f} ± {c['hypersim/abs_rel_std']:.4f}  "
+            f"{c['hypersim/delta1']:.3f} ± {c['hypersim/delta1_std']:.3f}  "
+            f"{c['nyu/abs_rel']:.4f} ± {c['nyu/abs_rel_std']:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
