@@ -225,6 +225,9 @@ class ArchivePath:
     def __hash__(self) -> int:
         return hash((self.archive.path, self.member))
 
+    def __lt__(self, other: ArchivePath) -> bool:
+        return (str(self.archive.path), self.member) < (str(other.archive.path), other.member)
+
 
 #: A path the readers accept: a filesystem path or a member of an archive.
 DataPath = Union[Path, ArchivePath]  # noqa: UP007 -- a runtime alias (isinstance-free), kept readable
