@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
                         best[kind] = max(best[kind], samples_per_second(dataset, workers, args.passes))
                 size = "x".join(str(s) for s in sources["folder"][0]["image"].shape[1:])
                 rows.append((name, len(sources["folder"]), size, workers, best["folder"], best["tar"], index_s))
-    print(
-        f"{'dataset':<8} {'n':>3} {'HxW':>8} {'workers':>7} {'folder/s':>9} {'tar/s':>9} {'tar/folder':>10} {'index ms':>8}"
-    )
+    heads = ("n", "HxW", "workers", "folder/s", "tar/s", "tar/folder", "index ms")
+    widths = (3, 8, 7, 9, 9, 10, 8)
+    print(f"{'dataset':<8} " + " ".join(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)))
     for name, n, size, workers, folder, tar, index_s in rows:
         print(
             f"{name:<8} {n:>3} {size:>8} {workers:>7} {folder:>9.1f} {tar:>9.1f} {tar / folder:>10.2f} "
