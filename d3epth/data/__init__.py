@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from d3epth.data.base import BaseDepthDataset
+    from d3epth.data.base import BaseDepthDataset, BenchmarkDepthDataset
     from d3epth.data.datamodule import AugmentedDataset, DepthDataModule
     from d3epth.data.diode import DIODEDataset
     from d3epth.data.eth3d import ETH3DDataset
@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "ArchivePath": "storage",
     "AugmentedDataset": "datamodule",
     "BaseDepthDataset": "base",
+    "BenchmarkDepthDataset": "base",
     "Compose": "transforms",
     "DIODEDataset": "diode",
     "DepthDataModule": "datamodule",
@@ -53,6 +54,7 @@ __all__ = [
     "ArchivePath",
     "AugmentedDataset",
     "BaseDepthDataset",
+    "BenchmarkDepthDataset",
     "Compose",
     "DIODEDataset",
     "DepthDataModule",

@@ -405,6 +405,56 @@ class BaseDepthDataset(Dataset):
         )
 
 
+class BenchmarkDepthDataset(BaseDepthDataset):
+    """A zero-shot benchmark reader (ETH3D, ScanNet, DIODE): no KB crop, split and range default to the class's.
+
+    Subclasses set ``default_split`` and ``default_range`` (Marigold's values for the benchmark) and the hooks.
+
+    Args:
+        root: the benchmark's root folder or ``.tar``.
+        split: split name; ``None`` = ``default_split``.
+        split_file: list file; ``None`` = the split's default under ``root``.
+        min_depth: valid pixels have ``depth > min_depth`` (m, strict); ``None`` = ``default_range[0]``.
+        max_depth: valid pixels have ``depth < max_depth`` (m, strict, may be ``inf``); ``None`` = ``default_range[1]``.
+        resize: ``[height, width]`` or ``None`` (native; evaluation runs at native resolution).
+        image_interpolation: RGB resize mode.
+        transforms, check, name: see :class:`BaseDepthDataset`.
+    """
+
+    #: Split used when ``split`` is None.
+    default_split: ClassVar[str] = "test"
+    #: ``(min_depth, max_depth)`` in metres used when those are None.
+    default_range: ClassVar[tuple[float, float]] = (1e-5, 80.0)
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        split_file: str | Path | None = None,
+        min_depth: float | None = None,
+        max_depth: float | None = None,
+        resize: Sequence[int] | None = None,
+        image_interpolation: str = "bilinear",
+        transforms: Transform | Sequence[Transform] | None = None,
+        check: str = "quick",
+        name: str | None = None,
+    ) -> None:
+        low, high = self.default_range
+        super().__init__(
+            root,
+            self.default_split if split is None else split,
+            split_file=split_file,
+            min_depth=low if min_depth is None else min_depth,
+            max_depth=high if max_depth is None else max_depth,
+            resize=resize,
+            kb_crop=False,
+            image_interpolation=image_interpolation,
+            transforms=transforms,
+            check=check,
+            name=name,
+        )
+
+
 def pinhole(fx: float, fy: float, cx: float, cy: float) -> Tensor:
     """Camera matrix ``[[fx,0,cx],[0,fy,cy],[0,0,1]]`` as float32 [3,3]."""
     return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=torch.float32)

@@ -16,15 +16,12 @@ valid mask) and ANDed with the range 0.6 < d < 350 m (its ``min_depth``/``max_de
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from d3epth.data.base import BaseDepthDataset, read_rgb
+from d3epth.data.base import BenchmarkDepthDataset, read_rgb
 from d3epth.data.storage import DataPath
-from d3epth.data.transforms import Transform
 from d3epth.errors import DataError
 
 #: Default list file per split (Marigold's file names).
@@ -57,50 +54,25 @@ def read_npy(path: DataPath, what: str) -> np.ndarray:
     return array
 
 
-class DIODEDataset(BaseDepthDataset):
+class DIODEDataset(BenchmarkDepthDataset):
     """DIODE validation in Marigold's layout: ``.npy`` depth in metres, the shipped mask AND 0.6 < d < 350 m.
 
     Args:
         root: folder holding ``indoors/`` and ``outdoor/`` (e.g. ``sample_data/diode``) or Marigold's ``diode_val.tar``.
         split: ``val`` (all 771), ``val_indoor`` (325) or ``val_outdoor`` (446).
         split_file: list file; ``None`` = the split's Marigold list under ``root``.
-        min_depth, max_depth: valid range in metres (strict).
+        min_depth, max_depth: valid range in metres (strict); ``None`` = 0.6 and 350 (Marigold's).
         resize: ``[height, width]`` or ``None``.
         image_interpolation: RGB resize mode.
-        transforms, check, name: see :class:`~d3epth.data.base.BaseDepthDataset`.
+        transforms, check, name: see :class:`~d3epth.data.base.BenchmarkDepthDataset`.
     """
 
     default_name: ClassVar[str] = "diode"
     columns: ClassVar[tuple[str, ...]] = ("rgb", "depth", "mask")
     splits: ClassVar[tuple[str, ...]] = tuple(SPLIT_FILES)
+    default_split: ClassVar[str] = "val"
+    default_range: ClassVar[tuple[float, float]] = (0.6, 350.0)
     depth_scale: ClassVar[float] = 1.0
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "val",
-        split_file: str | Path | None = None,
-        min_depth: float = 0.6,
-        max_depth: float = 350.0,
-        resize: Sequence[int] | None = None,
-        image_interpolation: str = "bilinear",
-        transforms: Transform | Sequence[Transform] | None = None,
-        check: str = "quick",
-        name: str | None = None,
-    ) -> None:
-        super().__init__(
-            root,
-            split,
-            split_file=split_file,
-            min_depth=min_depth,
-            max_depth=max_depth,
-            resize=resize,
-            kb_crop=False,
-            image_interpolation=image_interpolation,
-            transforms=transforms,
-            check=check,
-            name=name,
-        )
 
     def _default_split_file(self) -> DataPath:
         return self.root / SPLIT_FILES[self.split]

@@ -19,15 +19,12 @@ at most 1024 px on its longer side, predictions at processing resolution 756 (Ma
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from d3epth.data.base import BaseDepthDataset, read_rgb
+from d3epth.data.base import BenchmarkDepthDataset, read_rgb
 from d3epth.data.storage import DataPath
-from d3epth.data.transforms import Transform
 from d3epth.errors import DataError
 
 #: Full-resolution size (rows, columns) of an ETH3D DSLR depth map (Marigold ``ETH3DDataset.HEIGHT, WIDTH``).
@@ -55,7 +52,7 @@ def read_eth3d_depth(path: DataPath, height: int, width: int) -> np.ndarray:
     return depth
 
 
-class ETH3DDataset(BaseDepthDataset):
+class ETH3DDataset(BenchmarkDepthDataset):
     """ETH3D in Marigold's evaluation layout, depth range 1e-5 < d < inf (``inf`` in the file = invalid).
 
     Args:
@@ -63,43 +60,18 @@ class ETH3DDataset(BaseDepthDataset):
         split: ``test`` (the 454-frame list, Marigold's only ETH3D split).
         split_file: list file; ``None`` = ``<root>/eth3d_filename_list.txt`` (with Marigold's tar, pass Marigold's
             ``data_split/eth3d_depth/eth3d_filename_list.txt``).
-        min_depth, max_depth: valid range in metres (strict; ``max_depth`` may be ``inf``).
+        min_depth, max_depth: valid range in metres (strict); ``None`` = 1e-5 and inf (Marigold's).
         resize: ``[height, width]`` or ``None`` (native; evaluation runs at native resolution).
         image_interpolation: RGB resize mode.
-        transforms, check, name: see :class:`~d3epth.data.base.BaseDepthDataset`.
+        transforms, check, name: see :class:`~d3epth.data.base.BenchmarkDepthDataset`.
     """
 
     default_name: ClassVar[str] = "eth3d"
     columns: ClassVar[tuple[str, ...]] = ("rgb", "depth")
     splits: ClassVar[tuple[str, ...]] = ("test",)
+    default_split: ClassVar[str] = "test"
+    default_range: ClassVar[tuple[float, float]] = (1e-5, math.inf)
     depth_scale: ClassVar[float] = 1.0
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "test",
-        split_file: str | Path | None = None,
-        min_depth: float = 1e-5,
-        max_depth: float = math.inf,
-        resize: Sequence[int] | None = None,
-        image_interpolation: str = "bilinear",
-        transforms: Transform | Sequence[Transform] | None = None,
-        check: str = "quick",
-        name: str | None = None,
-    ) -> None:
-        super().__init__(
-            root,
-            split,
-            split_file=split_file,
-            min_depth=min_depth,
-            max_depth=max_depth,
-            resize=resize,
-            kb_crop=False,
-            image_interpolation=image_interpolation,
-            transforms=transforms,
-            check=check,
-            name=name,
-        )
 
     def _default_split_file(self) -> DataPath:
         return self.root / "eth3d_filename_list.txt"

@@ -13,62 +13,34 @@ Depth = stored value / 1000 (Marigold ``src/dataset/scannet_dataset.py``), valid
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar
 
-from d3epth.data.base import BaseDepthDataset
+from d3epth.data.base import BenchmarkDepthDataset
 from d3epth.data.storage import DataPath
-from d3epth.data.transforms import Transform
 
 #: Default list file per split (Marigold's file name).
 SPLIT_FILES: dict[str, str] = {"test": "scannet_val_sampled_list_800_1.txt"}
 
 
-class ScanNetDataset(BaseDepthDataset):
+class ScanNetDataset(BenchmarkDepthDataset):
     """ScanNet validation sample in Marigold's layout, depth = mm / 1000, valid 1e-3 < d < 10 m.
 
     Args:
         root: folder holding the ``sceneXXXX_XX/`` folders (e.g. ``sample_data/scannet``) or Marigold's tar.
         split: ``test`` (Marigold's 800-frame validation sample, its ScanNet benchmark).
         split_file: list file; ``None`` = ``<root>/scannet_val_sampled_list_800_1.txt``.
-        min_depth, max_depth: valid range in metres (strict).
+        min_depth, max_depth: valid range in metres (strict); ``None`` = 1e-3 and 10 (Marigold's).
         resize: ``[height, width]`` or ``None``.
         image_interpolation: RGB resize mode.
-        transforms, check, name: see :class:`~d3epth.data.base.BaseDepthDataset`.
+        transforms, check, name: see :class:`~d3epth.data.base.BenchmarkDepthDataset`.
     """
 
     default_name: ClassVar[str] = "scannet"
     columns: ClassVar[tuple[str, ...]] = ("rgb", "depth")
     splits: ClassVar[tuple[str, ...]] = tuple(SPLIT_FILES)
+    default_split: ClassVar[str] = "test"
+    default_range: ClassVar[tuple[float, float]] = (1e-3, 10.0)
     depth_scale: ClassVar[float] = 1000.0
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "test",
-        split_file: str | Path | None = None,
-        min_depth: float = 1e-3,
-        max_depth: float = 10.0,
-        resize: Sequence[int] | None = None,
-        image_interpolation: str = "bilinear",
-        transforms: Transform | Sequence[Transform] | None = None,
-        check: str = "quick",
-        name: str | None = None,
-    ) -> None:
-        super().__init__(
-            root,
-            split,
-            split_file=split_file,
-            min_depth=min_depth,
-            max_depth=max_depth,
-            resize=resize,
-            kb_crop=False,
-            image_interpolation=image_interpolation,
-            transforms=transforms,
-            check=check,
-            name=name,
-        )
 
     def _default_split_file(self) -> DataPath:
         return self.root / SPLIT_FILES[self.split]
