@@ -1,4 +1,4 @@
-"""Generate procedural sample data in the real on-disk layouts of Hypersim, Virtual KITTI 2, NYUv2 and KITTI.
+"""Generate procedural sample data in the on-disk layouts of Hypersim, VKITTI 2, NYUv2, KITTI, ETH3D, ScanNet, DIODE.
 
 Writes (see ``d3epth/data/synthetic/``)::
 
@@ -7,6 +7,10 @@ Writes (see ``d3epth/data/synthetic/``)::
     <out>/vkitti2/        rgb/ depth/ textgt/ + vkitti_train.txt, vkitti_val.txt
     <out>/nyuv2/          test/<scene>/{rgb,depth,filled}_NNNN.png + filename_list_test.txt
     <out>/kitti/          Eigen-test-like RGB + sparse ground truth + eigen_test_files_with_gt.txt
+    <out>/eth3d/          rgb/ + depth/ (raw float32, inf = unknown) + eth3d_filename_list.txt
+    <out>/scannet/        sceneXXXX_YY/{color,depth}/ (uint16 mm) + scannet_val_sampled_list_800_1.txt
+    <out>/diode/          {indoors,outdoor}/... .png + _depth.npy + _depth_mask.npy + diode_val_*_filename_list.txt
+    <out>/<name>.tar      with --tar: each dataset also packed as a tar archive (read directly by the readers)
     <out>/contact_sheet.png   RGB next to colourised depth for a few frames of each dataset
 
 Usage::
@@ -26,6 +30,7 @@ from pathlib import Path
 from d3epth.cli.common import fail, one_line_errors
 from d3epth.data import synthetic
 from d3epth.data.prepare.hypersim import prepare_hypersim
+from d3epth.data.storage import write_tar
 from d3epth.data.synthetic.contact_sheet import DATASETS, make_contact_sheet
 
 
@@ -96,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("W", "H"),
         help="KITTI resolution (real: 1242 375; default 416 128)",
     )
+    p.add_argument("--eval-frames", type=int, default=4, help="ETH3D, ScanNet and DIODE frames each (default 4)")
+    p.add_argument(
+        "--tar",
+        action="store_true",
+        help="also pack each written dataset as <out>/<name>.tar (Marigold-style ./ names)",
+    )
     p.add_argument("--contact-frames", type=int, default=3, help="frames per dataset on the contact sheet")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -157,6 +168,21 @@ def main(argv: list[str]) -> int:
             out / "kitti", num_frames=args.kitti_frames, width=args.kitti_size[0], height=args.kitti_size[1], **common
         )
         timings["kitti"] = time.perf_counter() - t0
+    eval_writers = {"eth3d": synthetic.write_eth3d, "scannet": synthetic.write_scannet}
+    for name, writer in eval_writers.items():
+        if name in selected:
+            t0 = time.perf_counter()
+            writer(out / name, num_frames=args.eval_frames, **common)
+            timings[name] = time.perf_counter() - t0
+    if "diode" in selected:
+        t0 = time.perf_counter()
+        indoor = (args.eval_frames + 1) // 2
+        synthetic.write_diode(out / "diode", num_indoor=indoor, num_outdoor=args.eval_frames - indoor, **common)
+        timings["diode"] = time.perf_counter() - t0
+    if args.tar:
+        for name in selected:
+            if (out / name).is_dir():
+                write_tar(out / name, out / f"{name}.tar")
     sheet = make_contact_sheet(out, frames=args.contact_frames)
     print(", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; contact sheet: {sheet}")
     return 0

@@ -10,23 +10,31 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from d3epth.data.base import BaseDepthDataset
+    from d3epth.data.base import BaseDepthDataset, BenchmarkDepthDataset
     from d3epth.data.datamodule import AugmentedDataset, DepthDataModule
+    from d3epth.data.diode import DIODEDataset
+    from d3epth.data.eth3d import ETH3DDataset
     from d3epth.data.hypersim import HypersimDataset
     from d3epth.data.kitti import KITTIDataset
     from d3epth.data.nyu import NYUv2Dataset
     from d3epth.data.sample import collate_samples
     from d3epth.data.sampler import MixedBatchSampler
+    from d3epth.data.scannet import ScanNetDataset
+    from d3epth.data.storage import ArchivePath, TarArchive, data_root
     from d3epth.data.transforms import Compose, HorizontalFlip, KBCrop, RandomCrop, Resize, normalize_depth
     from d3epth.data.unlabeled import UnlabeledImageDataset
     from d3epth.data.vkitti2 import VirtualKITTI2Dataset
 
 #: Public name -> the submodule defining it.
 _EXPORTS: dict[str, str] = {
+    "ArchivePath": "storage",
     "AugmentedDataset": "datamodule",
     "BaseDepthDataset": "base",
+    "BenchmarkDepthDataset": "base",
     "Compose": "transforms",
+    "DIODEDataset": "diode",
     "DepthDataModule": "datamodule",
+    "ETH3DDataset": "eth3d",
     "HorizontalFlip": "transforms",
     "HypersimDataset": "hypersim",
     "KBCrop": "transforms",
@@ -35,17 +43,24 @@ _EXPORTS: dict[str, str] = {
     "NYUv2Dataset": "nyu",
     "RandomCrop": "transforms",
     "Resize": "transforms",
+    "ScanNetDataset": "scannet",
+    "TarArchive": "storage",
     "UnlabeledImageDataset": "unlabeled",
     "VirtualKITTI2Dataset": "vkitti2",
     "collate_samples": "sample",
+    "data_root": "storage",
     "normalize_depth": "transforms",
 }
 
 __all__ = [
+    "ArchivePath",
     "AugmentedDataset",
     "BaseDepthDataset",
+    "BenchmarkDepthDataset",
     "Compose",
+    "DIODEDataset",
     "DepthDataModule",
+    "ETH3DDataset",
     "HorizontalFlip",
     "HypersimDataset",
     "KBCrop",
@@ -54,9 +69,12 @@ __all__ = [
     "NYUv2Dataset",
     "RandomCrop",
     "Resize",
+    "ScanNetDataset",
+    "TarArchive",
     "UnlabeledImageDataset",
     "VirtualKITTI2Dataset",
     "collate_samples",
+    "data_root",
     "normalize_depth",
 ]
 

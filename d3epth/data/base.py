@@ -23,6 +23,7 @@ bit depth. The same per-file errors are raised, naming the file, whenever a samp
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from d3epth.data.sample import Sample
+from d3epth.data.storage import ArchivePath, DataPath, data_root
 from d3epth.data.transforms import Compose, KBCrop, Resize, Transform, normalize_depth
 from d3epth.errors import DataError
 
@@ -48,19 +50,25 @@ CHECK_LEVELS: tuple[str, ...] = ("none", "quick", "full")
 MAX_REPORTED = 10
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open and fully decode an image, turning every failure into an error that names the file."""
+def as_data_path(path: str | DataPath) -> DataPath:
+    """``path`` as a :data:`~d3epth.data.storage.DataPath` (a plain string is a filesystem path)."""
+    return path if isinstance(path, (Path, ArchivePath)) else Path(path)
+
+
+def _open_checked(path: DataPath) -> Image.Image:
+    """Open and fully decode an image (from a folder or an archive), turning every failure into an error naming it."""
+    path = as_data_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     try:
-        img = Image.open(path)
+        img = Image.open(path if isinstance(path, Path) else io.BytesIO(path.read_bytes()))
         img.load()  # decode now: a truncated or corrupt file fails here, not later in a worker
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{path}: unreadable or corrupt image ({err})") from err
     return img
 
 
-def read_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: DataPath) -> np.ndarray:
     """Read an 8-bit colour image as uint8 [H,W,3].
 
     Raises:
@@ -73,7 +81,7 @@ def read_rgb(path: Path) -> np.ndarray:
     return np.array(img.convert("RGB"))  # a writable copy: torch.from_numpy refuses read-only arrays
 
 
-def read_uint16_png(path: Path) -> np.ndarray:
+def read_uint16_png(path: DataPath) -> np.ndarray:
     """Read a single-channel 16-bit PNG (depth encodings of Hypersim, VKITTI 2, NYUv2, KITTI) as uint16 [H,W].
 
     Raises:
@@ -97,10 +105,11 @@ class BaseDepthDataset(Dataset):
     """One split of a depth dataset read from a split list; returns the sample dicts of :mod:`d3epth.data.sample`.
 
     Subclasses set the class attributes and override the hooks (``_default_split_file``, ``_data_dir``,
-    ``_parse_line``, ``_extra_invalid``, ``_intrinsics``, ``_eval_mask``).
+    ``_parse_line``, ``_read_pair``, ``_extra_invalid``, ``_read_mask``, ``_intrinsics``, ``_eval_mask``).
 
     Args:
-        root: dataset root folder (e.g. ``sample_data/hypersim``).
+        root: dataset root: a folder (e.g. ``sample_data/hypersim``) or an uncompressed ``.tar`` of it, read member
+            by member (see :mod:`d3epth.data.storage`); every file the reader opens goes through it.
         split: split name (the subclass lists the allowed ones).
         split_file: list file; ``None`` = the dataset's default. Relative paths are taken from the working directory.
         min_depth: valid pixels have ``depth > min_depth`` (metres, strict).
@@ -141,10 +150,8 @@ class BaseDepthDataset(Dataset):
         name: str | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
         cls = type(self).__name__
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{cls}: root folder {self.root} does not exist (expected the {cls} data root)")
+        self.root: DataPath = data_root(root, cls)
         if split_file is None and split not in self.splits:
             raise ValueError(f"{cls}: split must be one of {list(self.splits)}, got {split!r}")
         if not (0.0 <= min_depth < max_depth):
@@ -166,7 +173,7 @@ class BaseDepthDataset(Dataset):
         else:
             self.transforms = Compose(list(transforms))
 
-        self.split_file = Path(split_file) if split_file is not None else self._default_split_file()
+        self.split_file: DataPath = as_data_path(split_file) if split_file is not None else self._default_split_file()
         self.data_dir = self._data_dir()
         self.entries: list[dict[str, Any]] = self._read_list()
         if not self.entries:
@@ -180,11 +187,11 @@ class BaseDepthDataset(Dataset):
 
     # ------------------------------------------------------------------ hooks
 
-    def _default_split_file(self) -> Path:
+    def _default_split_file(self) -> DataPath:
         """The list file used when ``split_file`` is None."""
         raise NotImplementedError
 
-    def _data_dir(self) -> Path:
+    def _data_dir(self) -> DataPath:
         """Folder the list's paths are relative to."""
         return self.root
 
@@ -197,6 +204,10 @@ class BaseDepthDataset(Dataset):
 
     def _extra_invalid(self, raw: np.ndarray) -> np.ndarray | None:
         """Dataset-specific invalid pixels from the stored values (bool [H,W]), or None."""
+        return None
+
+    def _read_mask(self, entry: dict[str, Any], size: tuple[int, int]) -> np.ndarray | None:
+        """A validity mask the dataset ships with each frame (bool [H,W] of ``size``, e.g. DIODE's), or None."""
         return None
 
     def _intrinsics(self, entry: dict[str, Any], height: int, width: int) -> Tensor | None:
@@ -238,14 +249,14 @@ class BaseDepthDataset(Dataset):
         return entries
 
     def _file_columns(self) -> list[str]:
-        return [c for c in self.columns if c in ("rgb", "depth", "filled")]
+        return [c for c in self.columns if c in ("rgb", "depth", "filled", "mask")]
 
     def _check_exists(self) -> None:
         missing = [
             f"{entry[col]} (listed at {entry['where']})"
             for entry in self.entries
             for col in self._file_columns()
-            if not Path(entry[col]).is_file()
+            if not as_data_path(entry[col]).is_file()
         ]
         if missing:
             shown = "; ".join(missing[:MAX_REPORTED])
@@ -260,8 +271,8 @@ class BaseDepthDataset(Dataset):
         return len(self.entries)
 
     def _read_pair(self, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        rgb = read_rgb(Path(entry["rgb"]))
-        raw = read_uint16_png(Path(entry["depth"]))
+        rgb = read_rgb(entry["rgb"])
+        raw = read_uint16_png(entry["depth"])
         if rgb.shape[:2] != raw.shape:
             raise ValueError(
                 f"{entry['rgb']} is {rgb.shape[0]}x{rgb.shape[1]} but its depth {entry['depth']} is "
@@ -297,10 +308,14 @@ class BaseDepthDataset(Dataset):
         for tensor, column in ((image, "rgb"), (depth, "depth")):
             if not bool(torch.isfinite(tensor).all()):
                 raise DataError(f"{entry[column]}: holds NaN or Inf values (listed at {entry['where']})")
+        valid = self.valid_from_depth(depth, raw)
+        shipped = self._read_mask(entry, raw.shape)
+        if shipped is not None:
+            valid &= torch.from_numpy(shipped)[None]
         sample: Sample = {
             "image": image.contiguous(),
             "depth": depth,
-            "valid_mask": self.valid_from_depth(depth, raw),
+            "valid_mask": valid,
             "dataset": self.name,
             "path": str(entry["rel"]),
             "has_depth": self.has_depth,
@@ -390,6 +405,56 @@ class BaseDepthDataset(Dataset):
         return (
             f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, "
             f"depth=({self.min_depth}, {self.max_depth}) m, kb_crop={self.kb_crop}, resize={self.resize})"
+        )
+
+
+class BenchmarkDepthDataset(BaseDepthDataset):
+    """A zero-shot benchmark reader (ETH3D, ScanNet, DIODE): no KB crop, split and range default to the class's.
+
+    Subclasses set ``default_split`` and ``default_range`` (Marigold's values for the benchmark) and the hooks.
+
+    Args:
+        root: the benchmark's root folder or ``.tar``.
+        split: split name; ``None`` = ``default_split``.
+        split_file: list file; ``None`` = the split's default under ``root``.
+        min_depth: valid pixels have ``depth > min_depth`` (m, strict); ``None`` = ``default_range[0]``.
+        max_depth: valid pixels have ``depth < max_depth`` (m, strict, may be ``inf``); ``None`` = ``default_range[1]``.
+        resize: ``[height, width]`` or ``None`` (native; evaluation runs at native resolution).
+        image_interpolation: RGB resize mode.
+        transforms, check, name: see :class:`BaseDepthDataset`.
+    """
+
+    #: Split used when ``split`` is None.
+    default_split: ClassVar[str] = "test"
+    #: ``(min_depth, max_depth)`` in metres used when those are None.
+    default_range: ClassVar[tuple[float, float]] = (1e-5, 80.0)
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = None,
+        split_file: str | Path | None = None,
+        min_depth: float | None = None,
+        max_depth: float | None = None,
+        resize: Sequence[int] | None = None,
+        image_interpolation: str = "bilinear",
+        transforms: Transform | Sequence[Transform] | None = None,
+        check: str = "quick",
+        name: str | None = None,
+    ) -> None:
+        low, high = self.default_range
+        super().__init__(
+            root,
+            self.default_split if split is None else split,
+            split_file=split_file,
+            min_depth=low if min_depth is None else min_depth,
+            max_depth=high if max_depth is None else max_depth,
+            resize=resize,
+            kb_crop=False,
+            image_interpolation=image_interpolation,
+            transforms=transforms,
+            check=check,
+            name=name,
         )
 
 

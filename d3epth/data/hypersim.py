@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from d3epth.data.base import BaseDepthDataset, focal_from_fov, pinhole
+from d3epth.data.storage import DataPath
 from d3epth.data.transforms import Transform
 
 
@@ -79,11 +80,11 @@ class HypersimDataset(BaseDepthDataset):
             name=name,
         )
 
-    def _default_split_file(self) -> Path:
+    def _default_split_file(self) -> DataPath:
         filtered = self.root / f"filename_list_{self.split}_filtered.txt"
         return filtered if filtered.is_file() else self.root / self.split / f"filename_list_{self.split}.txt"
 
-    def _data_dir(self) -> Path:
+    def _data_dir(self) -> DataPath:
         return self.root / self.split
 
     def _intrinsics(self, entry: dict[str, Any], height: int, width: int) -> Tensor | None:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from d3epth.data.base import BaseDepthDataset
 from d3epth.data.crops import CROPS, EvalCrop
 from d3epth.data.sample import Sample
+from d3epth.data.storage import DataPath
 from d3epth.data.transforms import Transform
 
 #: Evaluation crops of the KB-cropped frame by ``eval_crop`` name (defined in :mod:`d3epth.data.crops`).
@@ -83,7 +84,7 @@ class KITTIDataset(BaseDepthDataset):
             name=name,
         )
 
-    def _default_split_file(self) -> Path:
+    def _default_split_file(self) -> DataPath:
         return self.root / SPLIT_FILES[self.split]
 
     def _parse_line(self, parts: list[str], where: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from d3epth.data.base import BaseDepthDataset, read_uint16_png
 from d3epth.data.crops import CROPS
 from d3epth.data.sample import Sample
+from d3epth.data.storage import DataPath
 from d3epth.data.transforms import Transform
 
 #: Eigen et al. crop of a 480x640 NYU frame: rows 45:471, columns 41:601 (Marigold ``eigen_valid_mask``; defined in
@@ -80,7 +81,7 @@ class NYUv2Dataset(BaseDepthDataset):
             name=name,
         )
 
-    def _default_split_file(self) -> Path:
+    def _default_split_file(self) -> DataPath:
         return self.root / f"filename_list_{self.split}.txt"
 
     def _file_columns(self) -> list[str]:
@@ -89,7 +90,7 @@ class NYUv2Dataset(BaseDepthDataset):
     def _load_extra(self, entry: dict[str, Any], size: tuple[int, int]) -> Sample:
         if not self.load_filled:
             return {}
-        raw = read_uint16_png(Path(entry["filled"]))
+        raw = read_uint16_png(entry["filled"])
         if raw.shape != tuple(size):
             raise ValueError(
                 f"{entry['filled']} is {raw.shape[0]}x{raw.shape[1]} but {entry['rgb']} is {size[0]}x{size[1]} "

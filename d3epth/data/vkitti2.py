@@ -24,6 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from d3epth.data.base import BaseDepthDataset, pinhole
+from d3epth.data.storage import DataPath
 from d3epth.data.transforms import Transform
 
 #: Marigold's scene split.
@@ -36,7 +37,7 @@ SKY_VALUE = 65535
 _FRAME_RE = re.compile(r"(Scene\d+)/([^/]+)/frames/rgb/Camera_(\d+)/rgb_(\d+)\.\w+$")
 
 
-def read_intrinsics_file(path: Path) -> dict[tuple[int, int], tuple[float, float, float, float]]:
+def read_intrinsics_file(path: DataPath) -> dict[tuple[int, int], tuple[float, float, float, float]]:
     """Parse a VKITTI 2 ``intrinsic.txt``: ``{(frame, camera): (fx, fy, cx, cy)}``.
 
     Raises:
@@ -101,7 +102,7 @@ class VirtualKITTI2Dataset(BaseDepthDataset):
     ) -> None:
         self.with_intrinsics = intrinsics
         self._scan_if_missing = split_file is None
-        self._k_tables: dict[Path, dict[tuple[int, int], tuple[float, float, float, float]]] | None = None
+        self._k_tables: dict[DataPath, dict[tuple[int, int], tuple[float, float, float, float]]] | None = None
         super().__init__(
             root,
             split,
@@ -116,7 +117,7 @@ class VirtualKITTI2Dataset(BaseDepthDataset):
             name=name,
         )
 
-    def _default_split_file(self) -> Path:
+    def _default_split_file(self) -> DataPath:
         return self.root / f"vkitti_{self.split}.txt"
 
     def _read_list(self) -> list[dict[str, Any]]:
@@ -152,7 +153,7 @@ class VirtualKITTI2Dataset(BaseDepthDataset):
     def _after_list(self) -> None:
         if not self.with_intrinsics:
             return
-        needed: dict[Path, list[dict[str, Any]]] = {}
+        needed: dict[DataPath, list[dict[str, Any]]] = {}
         for entry in self.entries:
             match = _FRAME_RE.search(str(entry["rel"]))
             if match is None:

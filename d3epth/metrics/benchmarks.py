@@ -3,18 +3,20 @@
 The values follow Marigold's evaluation code (``src/dataset/*.py``, ``config/dataset_depth/*.yaml``,
 ``script/depth/eval.py``), which E2E-FT and Lotus reuse:
 
-=============  ===============  ===========================================  ===================
-preset         range (m)        evaluation crop                              LS alignment res.
-=============  ===============  ===========================================  ===================
-nyu            (1e-3, 10)       Eigen: rows 45:471, cols 41:601 at 480x640   full
-kitti_eigen    (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full
-kitti_garg     (1e-5, 80)       Garg, fractional (after the 352x1216 crop)   full
-eth3d          (1e-5, inf)      none (``inf`` GT is invalid)                 longest side 1024
-scannet        (1e-3, 10)       none                                         full
-diode          (0.6, 350)       none (the dataset's own mask)                full
-hypersim       (1e-5, 65)       none                                         full
-vkitti         (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full
-=============  ===============  ===========================================  ===================
+=============  ===============  ===========================================  ===================  ===========
+preset         range (m)        evaluation crop                              LS alignment res.    processing
+=============  ===============  ===========================================  ===================  ===========
+nyu            (1e-3, 10)       Eigen: rows 45:471, cols 41:601 at 480x640   full                 model's
+kitti_eigen    (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 model's
+kitti_garg     (1e-5, 80)       Garg, fractional (after the 352x1216 crop)   full                 model's
+eth3d          (1e-5, inf)      none (``inf`` GT is invalid)                 longest side 1024    756
+scannet        (1e-3, 10)       none                                         full                 model's
+diode          (0.6, 350)       none (the dataset's own mask)                full                 640
+hypersim       (1e-5, 65)       none                                         full                 model's
+vkitti         (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 model's
+=============  ===============  ===========================================  ===================  ===========
+
+"processing" is the longer side the model sees (``Benchmark.processing_resolution``; "model's" = its default).
 
 Aliases: ``nyuv2`` -> ``nyu``, ``kitti`` -> ``kitti_eigen`` (Marigold's KITTI test config uses the Eigen crop),
 ``vkitti2`` -> ``vkitti``.
@@ -57,6 +59,8 @@ class Benchmark:
         crop: Evaluation crop, or ``None``.
         alignment_max_res: If set, the least-squares fit runs on a nearest-downsampled copy whose longest side is at
             most this many pixels (Marigold ``--alignment_max_res``); metrics still use full resolution.
+        processing_resolution: Longer side the model processes images at for this benchmark (Marigold's
+            ``--processing_res`` in its evaluation scripts), or ``None`` for the model's own default.
         source: Where the numbers come from.
     """
 
@@ -65,6 +69,7 @@ class Benchmark:
     max_depth: float
     crop: EvalCrop | None = None
     alignment_max_res: int | None = None
+    processing_resolution: int | None = None
     source: str = ""
 
 
@@ -76,11 +81,25 @@ BENCHMARKS: dict[str, Benchmark] = {
     "kitti_garg": Benchmark(
         "kitti_garg", 1e-5, 80.0, CROPS["kitti_garg"], source="Marigold KITTIDepthDataset, valid_mask_crop: garg"
     ),
+    # Marigold script/depth/eval_old/31_infer_eth3d.sh --processing_res 756, 32_eval_eth3d.sh --alignment_max_res 1024.
     "eth3d": Benchmark(
-        "eth3d", 1e-5, math.inf, None, alignment_max_res=1024, source="Marigold ETH3DDataset, eval alignment_max_res"
+        "eth3d",
+        1e-5,
+        math.inf,
+        None,
+        alignment_max_res=1024,
+        processing_resolution=756,
+        source="Marigold ETH3DDataset, eval alignment_max_res 1024, infer processing_res 756",
     ),
     "scannet": Benchmark("scannet", 1e-3, 10.0, source="Marigold ScanNetDataset"),
-    "diode": Benchmark("diode", 0.6, 350.0, source="Marigold DIODEDataset (range + the dataset's depth_mask.npy)"),
+    # Marigold script/depth/eval_old/51_infer_diode.sh: --processing_res 640.
+    "diode": Benchmark(
+        "diode",
+        0.6,
+        350.0,
+        processing_resolution=640,
+        source="Marigold DIODEDataset (range + the dataset's depth_mask.npy), infer processing_res 640",
+    ),
     # Marigold `HypersimDepthDataset(min_depth=1e-5, max_depth=65.0)`; E2E-FT also uses 65 m as Hypersim's far plane,
     # and Marigold's uint16 millimetre PNGs cannot store more than 65.535 m.
     "hypersim": Benchmark("hypersim", 1e-5, 65.0, source="Marigold HypersimDepthDataset; E2E-FT load.py far=65"),

@@ -16,6 +16,7 @@ from d3epth.metrics import METRIC_NAMES, DepthMetrics
 from tests.helpers import CONF
 from tests.helpers.checkpoints import quiet_trainer, tiny_task
 from tests.helpers.data import write_hypersim, write_nyu
+from tests.helpers.eval_data import write_diode, write_eth3d
 from tests.tool_loader import load_tool
 
 evaluate = load_tool("evaluate")
@@ -216,3 +217,80 @@ def test_errors_exit_2_with_a_message(
     if case.startswith("config"):
         assert str(tiny[case.replace("config_without_", "config_no_")]) in err
     assert not (out / "results.json").exists()
+
+
+def _hand_ranks(rows: list[dict], benchmarks: list[str]) -> dict[str, float]:
+    """Average rank per model, by hand: 1 for the better of two models per (benchmark, metric), 1.5 each on a tie."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    assert len(models) == 2
+    value = {(r["model"], r["benchmark"]): r for r in rows}
+    ranks: dict[str, list[float]] = {m: [] for m in models}
+    for bench in benchmarks:
+        for key, sign in (("abs_rel", 1.0), ("delta1", -1.0)):  # lower AbsRel, higher δ1 is better
+            a, b = (sign * value[(m, bench)][key] for m in models)
+            ranks[models[0]].append(1.5 if a == b else (1.0 if a < b else 2.0))
+            ranks[models[1]].append(1.5 if a == b else (2.0 if a < b else 1.0))
+    return {m: sum(r) / len(r) for m, r in ranks.items()}
+
+
+def test_benchmark_all_prints_table1_with_average_rank(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from d3epth.cli.make_sample_data import main as make_sample_data
+
+    sample = tmp_path / "sample"
+    sizes = ["--nyu-size", "32", "24", "--kitti-size", "64", "32", "--nyu-frames", "2", "--kitti-frames", "3"]
+    datasets = ["nyuv2", "kitti", "eth3d", "scannet", "diode"]
+    assert make_sample_data(["--out", str(sample), "--datasets", *datasets, *sizes, "--eval-frames", "2", "--tar"]) == 0
+    roots = ["--nyu-root", str(sample / "nyuv2"), "--kitti-root", str(sample / "kitti.tar")]
+    roots += ["--eth3d-root", str(sample / "eth3d.tar"), "--scannet-root", str(sample / "scannet")]
+    roots += ["--diode-root", str(sample / "diode.tar"), "--no-kitti-kb-crop"]
+    capsys.readouterr()
+    models = [str(tiny["trained"]), str(tiny["untrained"])]
+    out = tmp_path / "out"
+    assert run([*models, "--benchmark", "all", *roots], out) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rows, csv_rows = read_results(out)
+    benchmarks = ["nyu", "kitti", "eth3d", "scannet", "diode"]
+    assert [(r["model"], r["benchmark"]) for r in rows] == [(m, b) for m in models for b in benchmarks]
+    assert [r["num_images"] for r in rows[:5]] == [2, 2, 2, 2, 2]
+    expected = _hand_ranks(rows, benchmarks)
+    assert sum(expected.values()) == pytest.approx(3.0)  # ranks 1 and 2 in every cell
+    for row, csv_row in zip(rows, csv_rows, strict=True):
+        assert row["avg_rank"] == pytest.approx(expected[row["model"]])
+        assert float(csv_row["avg_rank"]) == pytest.approx(row["avg_rank"])
+    # The Table-1 block: title, benchmark titles, metric names, rule, one row per model.
+    start = next(i for i, line in enumerate(printed) if line.startswith("Table 1"))
+    assert printed[start + 1].split() == ["NYUv2", "KITTI", "ETH3D", "ScanNet", "DIODE"]
+    assert printed[start + 2].split() == ["model", *["AbsRel", "δ1"] * 5, "avg", "rank"]
+    assert set(printed[start + 3].replace(" ", "")) == {"-"}
+    for offset, model in enumerate(models):
+        cells = printed[start + 4 + offset].split()
+        mine = {r["benchmark"]: r for r in rows if r["model"] == model}
+        numbers = [f"{100 * mine[b][k]:.1f}" for b in benchmarks for k in ("abs_rel", "delta1")]
+        assert cells == [model, *numbers, f"{expected[model]:.2f}"]
+
+
+def test_eth3d_and_diode_use_marigold_processing_resolutions(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from d3epth.cli import evaluate as cli
+    from d3epth.inference.predictor import DepthPredictor
+
+    seen: list[int | None] = []
+    original = DepthPredictor.predict
+
+    def spy(self, image, processing_resolution=None):
+        seen.append(processing_resolution)
+        return original(self, image, processing_resolution=0)  # keep the test fast
+
+    monkeypatch.setattr(DepthPredictor, "predict", spy)
+    write_eth3d(tmp_path / "eth3d", n=1)
+    write_diode(tmp_path / "diode", n=1)
+    args = ["--benchmark", "eth3d", "diode", "nyu", "--eth3d-root", str(tmp_path / "eth3d")]
+    args += ["--diode-root", str(tmp_path / "diode"), "--nyu-root", str(tiny["nyu"])]
+    assert cli.main([str(tiny["untrained"]), *args, "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    assert seen == [756, 640, None, None, None]  # nyu: the model's own default
+    seen.clear()
+    assert cli.main([str(tiny["untrained"]), *args, "--processing-resolution", "0", "--out", str(tmp_path / "p")]) == 0
+    assert seen == [0, 0, 0, 0, 0]

@@ -21,7 +21,9 @@ from d3epth.data.synthetic.writers import iter_split_rows
 __all__ = ["DATASETS", "make_contact_sheet"]
 
 #: The generated sample datasets, in the order of the sheet's rows.
-DATASETS = ("hypersim", "vkitti2", "nyuv2", "kitti")
+DATASETS = ("hypersim", "vkitti2", "nyuv2", "kitti", "eth3d", "scannet", "diode")
+#: Evaluation sets whose encodings (raw float32, ``.npy`` + mask) are decoded by their d3epth reader for the sheet.
+_READER_DATASETS = {"eth3d": "ETH3DDataset", "scannet": "ScanNetDataset", "diode": "DIODEDataset"}
 
 
 def _colorize_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -48,8 +50,28 @@ def _dilate_sparse(depth: np.ndarray, valid: np.ndarray, size: int) -> tuple[np.
     return -grown, np.isfinite(grown)
 
 
+def _reader_samples(root: Path, class_name: str, n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Up to ``n`` (rgb, depth in metres, valid) triples read through the dataset's reader; none if it is absent."""
+    from d3epth import data  # torch: imported here, as in _colorize_depth
+
+    if not root.is_dir():
+        return []
+    try:
+        dataset = getattr(data, class_name)(root, check="none")
+    except FileNotFoundError:  # no list file: the set was not generated
+        return []
+    picked = []
+    for i in range(0, len(dataset), max(1, len(dataset) // max(n, 1)))[:n]:
+        sample = dataset.load(i)
+        rgb = ((sample["image"].permute(1, 2, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().numpy()
+        picked.append((rgb, sample["depth"][0].double().numpy(), sample["valid_mask"][0].numpy()))
+    return picked
+
+
 def _samples(out: Path, dataset: str, n: int, tile_height: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Up to ``n`` (rgb, depth in metres, valid) triples of a generated dataset, read back from disk via its list."""
+    if dataset in _READER_DATASETS:
+        return _reader_samples(out / dataset, _READER_DATASETS[dataset], n)
     rows: list[tuple[Path, Path]] = []
     if dataset == "hypersim":
         root = out / "hypersim"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 _T_EPS = 1e-6  # minimum ray parameter (metres) so a ray never re-hits the surface it starts on
-_DATASET_CODES = {"hypersim": 1, "vkitti2": 2, "nyuv2": 3, "kitti": 4}
+_DATASET_CODES = {"hypersim": 1, "vkitti2": 2, "nyuv2": 3, "kitti": 4, "eth3d": 5, "scannet": 6, "diode": 7}
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 VKITTI_BASELINE = 0.532725
@@ -38,7 +38,7 @@ def scene_rng(seed: int, dataset: str, split: str, index: int) -> np.random.Gene
 
     Args:
         seed: Base seed, a non-negative integer.
-        dataset: One of ``hypersim``, ``vkitti2``, ``nyuv2``, ``kitti``.
+        dataset: One of ``hypersim``, ``vkitti2``, ``nyuv2``, ``kitti``, ``eth3d``, ``scannet``, ``diode``.
         split: One of ``train``, ``val``, ``test``.
         index: Scene index within the split (non-negative).
 
