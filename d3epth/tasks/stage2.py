@@ -29,7 +29,7 @@ from d3epth.checkpoints import (
     load_task_checkpoint,
     plain_data,
     resolve_run_checkpoint,
-    sub_state_dict,
+    student_state_dict,
     tasks_with,
 )
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
@@ -133,7 +133,7 @@ class PixelRefinementTask(DepthTask):
 
     def _load_student(self, checkpoint: dict[str, Any], path: str) -> None:
         """Initialise the student from a checkpoint; heads new to this stage keep their fresh initialisation."""
-        state = sub_state_dict(checkpoint["state_dict"], "student.")
+        state = student_state_dict(checkpoint)  # stage 1's EMA weights when it kept them
         result = self.student.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise ValueError(
