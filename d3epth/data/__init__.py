@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from d3epth.data.base import BaseDepthDataset
     from d3epth.data.datamodule import AugmentedDataset, DepthDataModule
+    from d3epth.data.folder import FolderDepthDataset
     from d3epth.data.hypersim import HypersimDataset
     from d3epth.data.kitti import KITTIDataset
     from d3epth.data.nyu import NYUv2Dataset
@@ -26,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "BaseDepthDataset": "base",
     "Compose": "transforms",
     "DepthDataModule": "datamodule",
+    "FolderDepthDataset": "folder",
     "HorizontalFlip": "transforms",
     "HypersimDataset": "hypersim",
     "KBCrop": "transforms",
@@ -44,6 +46,7 @@ __all__ = [
     "BaseDepthDataset",
     "Compose",
     "DepthDataModule",
+    "FolderDepthDataset",
     "HorizontalFlip",
     "HypersimDataset",
     "KBCrop",
