@@ -37,7 +37,7 @@ from d3epth.errors import ConfigError
 from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.tasks.ema import EMA_PREFIX, StudentEMA
 from d3epth.tasks.guard import GUARD_KEY, StepGuard, check_finite_checkpoint
-from d3epth.utils.visualize import depth_error_panel
+from d3epth.utils.visualize import PANEL_TAG_SUFFIX, depth_error_panel
 
 Batch = dict[str, Any]
 
@@ -355,7 +355,10 @@ class DepthTask(L.LightningModule):
     # ----------------------------------------------------------------------------------------------------- logging
     @torch.no_grad()
     def _log_images(self, tag: str, batch: Batch, pred: Tensor, extra: dict[str, Tensor] | None = None) -> None:
-        """Write RGB | GT | prediction (| extra columns) | error panels to TensorBoard, when the logger is one."""
+        """Write RGB | GT | prediction (| extra columns) | error panels to TensorBoard, when the logger is one.
+
+        The tag is ``<tag>/<PANEL_TAG_SUFFIX>`` (the error column's fixed scale), the step that of the scalars.
+        """
         if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
             return
         n = min(self.hparams.num_logged_images, batch["image"].shape[0])
@@ -363,4 +366,8 @@ class DepthTask(L.LightningModule):
         panel = depth_error_panel(
             batch["image"][:n], batch["depth"][:n], batch["valid_mask"][:n], columns, self.hparams.alignment
         )
-        self.logger.experiment.add_image(tag, panel, self.global_step)
+        # The step the validation scalars of this run are logged at: Lightning logs them at the fit loop's
+        # `_batches_that_stepped` (as its LearningRateMonitor does), which during a mid-training validation is one
+        # behind `global_step` and also counts steps the non-finite guard skipped.
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.logger.experiment.add_image(f"{tag}/{PANEL_TAG_SUFFIX}", panel, step)
