@@ -31,6 +31,7 @@ from d3epth.errors import CheckpointError, MissingFileError
 __all__ = [
     "AUTOENCODER",
     "COMPLETED_MARKER",
+    "EMA_PREFIX",
     "STUDENT",
     "TASKS",
     "TASK_KEY",
@@ -40,6 +41,7 @@ __all__ = [
     "plain_data",
     "read_checkpoint",
     "resolve_run_checkpoint",
+    "student_state_dict",
     "sub_state_dict",
     "tasks_with",
 ]
@@ -215,6 +217,20 @@ def _is_omegaconf(value: Any) -> bool:
 def sub_state_dict(state_dict: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """The entries of ``state_dict`` under ``prefix`` (e.g. ``"student."``), with the prefix removed."""
     return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+#: State-dict prefix of the EMA of the student's weights (``d3epth.tasks.ema.StudentEMA``, registered as ``ema``).
+EMA_PREFIX = "ema.module."
+
+
+def student_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The student weights a trained task stands for: its EMA (``ema.module.*``) if it kept one, else ``student.*``.
+
+    The live weights stay under ``student.*`` only so that training resumes exactly; evaluation, prediction, export
+    and a later stage's ``init_from`` read the average.
+    """
+    state = checkpoint["state_dict"]
+    return sub_state_dict(state, EMA_PREFIX) or sub_state_dict(state, "student.")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Writes (see ``d3epth/data/synthetic/``)::
     <out>/<name>.tar      with --tar: each dataset also packed as a tar archive (read directly by the readers)
     <out>/contact_sheet.png   RGB next to colourised depth for a few frames of each dataset
 
+With ``--own`` only ``<out>/own/{train,val}/{rgb,depth}/`` is written instead: a folder of your-own-data layout for
+``d3epth.data.FolderDepthDataset`` (README "Train on your own data").
+
 Usage::
 
     python tools/make_sample_data.py --out sample_data [--seed 0] [--workers 2] [--hypersim-size 128 96] ...
@@ -32,6 +35,7 @@ from d3epth.data import synthetic
 from d3epth.data.prepare.hypersim import prepare_hypersim
 from d3epth.data.storage import write_tar
 from d3epth.data.synthetic.contact_sheet import DATASETS, make_contact_sheet
+from d3epth.data.synthetic.folder import OWN_DEPTH_FORMATS, write_own_folder
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -109,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--contact-frames", type=int, default=3, help="frames per dataset on the contact sheet")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--own",
+        action="store_true",
+        help="write only <out>/own: train/ and val/ rgb/ + depth/ folders paired by stem (FolderDepthDataset)",
+    )
+    p.add_argument(
+        "--own-depth-format", choices=OWN_DEPTH_FORMATS, default="png", help="--own: png (uint16 mm), npy or tiff (m)"
+    )
     return p
 
 
@@ -121,6 +133,10 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
+    if args.own:
+        stems = write_own_folder(out / "own", seed=args.seed, depth_format=args.own_depth_format)
+        print(f"own-data folder {out / 'own'}: " + ", ".join(f"{k} {len(v)} frames" for k, v in stems.items()))
+        return 0
     common = {"seed": args.seed, "workers": args.workers, "progress": progress}
     timings: dict[str, float] = {}
     selected: Sequence[str] = args.datasets

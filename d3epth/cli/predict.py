@@ -19,6 +19,14 @@ Outputs, per image ``NAME`` (Marigold's layout)::
     DIR/depth_colored/NAME_pred_colored.png  the same map coloured with "Spectral" (near = red, far = blue), as Marigold
     DIR/depth_npy/NAME_pred.npy              --npy: float32 [H,W], the same normalised map before quantisation
 
+With ``--align-to PATH`` (sparse metric depth: one file for one image, or a folder of files named by image stem;
+16-bit PNG ÷ ``--align-scale``, default 256 as KITTI, or ``.npy`` metres; 0 / non-finite = no point), scale and shift
+are fitted per image by least squares (``--align-space``: depth, or disparity for disparity models; default the model's
+kind) and metric depth is also written (:mod:`d3epth.inference.metric`)::
+
+    DIR/depth_metric/NAME_metric.npy         float32 [H,W], metres
+    DIR/depth_metric/NAME_metric_mm.png      uint16, millimetres
+
 Every output has the input image's size. Images are batched (``--batch-size``) when consecutive images share a
 processing size; otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the
 run unless ``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model.
@@ -78,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-errors", action="store_true", help="warn about unreadable images and go on")
     parser.add_argument("--num-workers", type=int, default=2, help="image decoding worker processes (0 = main)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--align-to",
+        metavar="PATH",
+        help="sparse metric depth (a file, or a folder matched by image stem: 16-bit .png or .npy in metres; "
+        "0 = no point): fit scale and shift per image and also write metric depth to DIR/depth_metric/",
+    )
+    parser.add_argument(
+        "--align-scale", type=float, default=256.0, help="16-bit --align-to PNGs: value / scale = metres (256, KITTI)"
+    )
+    parser.add_argument(
+        "--align-space",
+        choices=("auto", "depth", "disparity"),
+        default="auto",
+        help="least-squares space of the fit; auto = the model's kind (depth for d3epth and Marigold models)",
+    )
+    parser.add_argument("--align-min-points", type=int, default=10, help="fewest sparse points a fit accepts")
     return parser
 
 
@@ -88,6 +112,34 @@ def _device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def _write_metric(
+    out: Path,
+    name: str,
+    prediction: torch.Tensor,
+    size: tuple[int, int],
+    sparse: Path,
+    args: argparse.Namespace,
+    space: str,
+) -> None:
+    """Fit the prediction [h,w] (resized to the image's ``size``) to the sparse file; write metric depth."""
+    from d3epth.errors import DataError
+    from d3epth.inference.metric import fit_metric_depth, read_sparse_depth, write_metric
+    from d3epth.inference.sizing import resize_bilinear
+
+    points = read_sparse_depth(sparse, args.align_scale)
+    if tuple(points.shape) != tuple(size):
+        raise DataError(
+            f"--align-to {sparse} is {points.shape[0]}x{points.shape[1]} but image {name} is {size[0]}x{size[1]}; "
+            "sparse depth must have the image's size"
+        )
+    full = resize_bilinear(prediction.float().cpu()[None, None], size)[0, 0]
+    try:
+        fit = fit_metric_depth(full, points, space, args.align_min_points)
+    except DataError as err:
+        raise DataError(f"--align-to {sparse} (image {name}): {err}") from err
+    write_metric(out, name, fit.depth)
 
 
 @one_line_errors
@@ -103,6 +155,13 @@ def main(argv: list[str]) -> int:
     if args.processing_resolution is not None and args.processing_resolution < 0:
         return fail(f"--processing-resolution must be >= 0, got {args.processing_resolution}")
     images = collect_inputs(args.inputs, args.recursive)
+    sparse_files = None
+    if args.align_to is not None:
+        from d3epth.inference.metric import match_sparse
+
+        if args.align_scale <= 0:
+            return fail(f"--align-scale must be > 0 (256: KITTI, 1000: mm), got {args.align_scale}")
+        sparse_files = match_sparse([image.name for image in images], Path(args.align_to).expanduser())
     device = _device(args.device)
     predictor = load_predictor(
         args.model,
@@ -146,6 +205,9 @@ def main(argv: list[str]) -> int:
             for index, item, prediction in zip(indices, decoded, depth, strict=True):
                 name = images[index].name
                 write_outputs(out, name, prediction[0], args.npy, not args.no_color, args.color_map, item.size)
+                if sparse_files is not None:
+                    space = predictor.kind if args.align_space == "auto" else args.align_space
+                    _write_metric(out, name, prediction[0], item.size, sparse_files[index], args, space)
             progress.update(len(indices))
     finally:
         progress.close()

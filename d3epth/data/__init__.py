@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from d3epth.data.datamodule import AugmentedDataset, DepthDataModule
     from d3epth.data.diode import DIODEDataset
     from d3epth.data.eth3d import ETH3DDataset
+    from d3epth.data.folder import FolderDepthDataset
     from d3epth.data.hypersim import HypersimDataset
     from d3epth.data.kitti import KITTIDataset
     from d3epth.data.nyu import NYUv2Dataset
@@ -35,6 +36,7 @@ _EXPORTS: dict[str, str] = {
     "DIODEDataset": "diode",
     "DepthDataModule": "datamodule",
     "ETH3DDataset": "eth3d",
+    "FolderDepthDataset": "folder",
     "HorizontalFlip": "transforms",
     "HypersimDataset": "hypersim",
     "KBCrop": "transforms",
@@ -61,6 +63,7 @@ __all__ = [
     "DIODEDataset",
     "DepthDataModule",
     "ETH3DDataset",
+    "FolderDepthDataset",
     "HorizontalFlip",
     "HypersimDataset",
     "KBCrop",

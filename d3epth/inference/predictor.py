@@ -39,7 +39,7 @@ from d3epth.checkpoints import (
     TASKS,
     TEACHER,
     load_task_checkpoint,
-    sub_state_dict,
+    student_state_dict,
     tasks_with,
 )
 from d3epth.errors import CheckpointError
@@ -267,6 +267,7 @@ def load_task(
         task = task_class(name).load_from_checkpoint(path, map_location="cpu", weights_only=True, **overrides)
     except FileNotFoundError as err:
         raise _missing_teacher(purpose, name, path, hparams, err) from err
+    task.use_ema_weights()  # inference runs the averaged student when the task kept one
     return task.eval()
 
 
@@ -304,7 +305,7 @@ def _student_model(
     kwargs = dict(kwargs)
     student = DepthStudent(**kwargs)
     try:
-        student.load_state_dict(sub_state_dict(checkpoint["state_dict"], "student."))
+        student.load_state_dict(student_state_dict(checkpoint))  # the EMA weights when the task kept them
     except RuntimeError as err:
         raise CheckpointError(
             f"{purpose}: {path} ({name}) does not match the student its hyper-parameters describe: {err}"

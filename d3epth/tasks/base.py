@@ -15,6 +15,10 @@ named in a warning, ``max_consecutive_skipped_steps`` skips in a row stop traini
 Validation and test then run the shared evaluator (:mod:`d3epth.metrics`) on every validation/test set of the
 datamodule and log ``val/<set>/<metric>``; the first validation set is also logged as ``val/<metric>``, the key the
 best checkpoint monitors (as Marigold, whose first validation set drives model selection).
+
+With ``ema_decay`` set, the task keeps an EMA of ``self.student`` (:mod:`d3epth.tasks.ema`; never the teacher),
+updated after every optimiser step taken; validation and test swap the averaged weights in for their duration, and the
+checkpoint stores them once under ``ema.*`` beside the live ``student.*`` weights that training resumes from.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from torch import Tensor, nn
 from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
 from d3epth.errors import ConfigError
 from d3epth.metrics import DepthMetrics, benchmark_metrics
+from d3epth.tasks.ema import EMA_PREFIX, StudentEMA
 from d3epth.tasks.guard import GUARD_KEY, StepGuard, check_finite_checkpoint
-from d3epth.utils.visualize import depth_error_panel
+from d3epth.utils.visualize import PANEL_TAG_SUFFIX, depth_error_panel
 
 Batch = dict[str, Any]
 
@@ -94,10 +99,15 @@ class DepthTask(L.LightningModule):
         num_logged_images: validation images written to TensorBoard per validation set and validation run.
         max_consecutive_skipped_steps: optimiser steps in a row with a non-finite loss or gradient (each skipped)
             after which training stops with :class:`~d3epth.errors.TrainingDivergedError`.
+        ema_decay: keep an exponential moving average of the student's weights with this decay per optimiser step
+            (e.g. 0.999; :mod:`d3epth.tasks.ema`), used by validation, test, evaluation, prediction and export;
+            ``None`` = off. Tasks without a ``student`` (teacher, autoencoder) refuse it.
     """
 
     #: State-dict prefixes of frozen modules that checkpoints do not store.
     frozen_prefixes: tuple[str, ...] = ("teacher.",)
+    #: The attribute whose weights ``ema_decay`` averages.
+    ema_target: str = "student"
 
     def __init__(
         self,
@@ -111,6 +121,7 @@ class DepthTask(L.LightningModule):
         alignment: str = "depth",
         num_logged_images: int = 4,
         max_consecutive_skipped_steps: int = 10,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         # Records the arguments of this constructor and of the subclass constructors that called it, as plain data
@@ -126,6 +137,37 @@ class DepthTask(L.LightningModule):
         self._set_names: dict[str, list[str]] = {"val": [], "test": []}
         self._final_val_metrics: dict[str, float] = {}  # the first validation set's last metrics, for hparams
         self._step_guard = StepGuard(max_consecutive_skipped_steps)
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ConfigError(f"model.init_args.ema_decay: must be in [0, 1) (e.g. 0.999) or null, got {ema_decay}")
+        # Built by _ensure_ema once the subclass has made its student (setup, or on_load_checkpoint before loading).
+        self.ema: StudentEMA | None = None
+        self._ema_swapped = False
+
+    # ------------------------------------------------------------------------------------------------------ EMA
+    def _ensure_ema(self) -> None:
+        """Create the student's EMA (a copy of its current weights) when ``ema_decay`` is set and it does not exist."""
+        decay = self.hparams.get("ema_decay")
+        if decay is None or self.ema is not None:
+            return
+        target = getattr(self, self.ema_target, None)
+        if not isinstance(target, nn.Module):
+            raise ConfigError(
+                f"model.init_args.ema_decay: {type(self).__name__} has no {self.ema_target!r} network to average; "
+                "set ema_decay: null"
+            )
+        self.ema = StudentEMA(target, decay)
+
+    def _swap_ema(self, averaged: bool) -> None:
+        """Put the averaged (``True``) or the live (``False``) weights into the student."""
+        if self.ema is not None and self._ema_swapped != averaged:
+            self.ema.swap(getattr(self, self.ema_target))
+            self._ema_swapped = averaged
+
+    def use_ema_weights(self) -> None:
+        """For inference: copy the EMA into the student for good (no-op without an EMA)."""
+        if self.ema is not None:
+            self._swap_ema(False)
+            self.ema.copy_to(getattr(self, self.ema_target))
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -140,11 +182,30 @@ class DepthTask(L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
             del state[key]
+        if self._ema_swapped:  # saved mid-validation (e.g. on an exception): store each set under its own name
+            live = f"{self.ema_target}."
+            for key in [k for k in state if k.startswith(live)]:
+                other = EMA_PREFIX + key[len(live) :]
+                state[key], state[other] = state[other], state[key]
         check_finite_checkpoint(checkpoint, self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fill the frozen modules' entries from the modules as built, so strict loading still checks the rest."""
+        """Fill the frozen modules' entries from the modules as built, so strict loading still checks the rest.
+
+        An EMA missing from the checkpoint (ema_decay turned on for a resumed run) starts from the loaded weights; one
+        present while ``ema_decay`` is off is dropped.
+        """
+        self._ensure_ema()
         state = checkpoint["state_dict"]
+        has_ema = any(k.startswith("ema.") for k in state)
+        if self.ema is None:
+            for key in [k for k in state if k.startswith("ema.")]:
+                del state[key]
+        elif not has_ema:
+            live = f"{self.ema_target}."
+            for key in [k for k in state if k.startswith(live)]:
+                state[EMA_PREFIX + key[len(live) :]] = state[key]
+            state["ema.n_averaged"] = torch.ones_like(self.ema.n_averaged)
         for key, value in self.state_dict().items():
             if key.startswith(self.frozen_prefixes):
                 state.setdefault(key, value)
@@ -214,6 +275,8 @@ class DepthTask(L.LightningModule):
             self.log(f"train/{key}", float(getattr(self._step_guard, key)), on_step=True, on_epoch=False)
         if finite:
             optimizer.step(closure=lambda: loss)
+            if self.ema is not None:
+                self.ema.update(getattr(self, self.ema_target))
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
         """Advance the LR schedule, except after a skipped step: the schedule follows the steps taken."""
@@ -237,7 +300,8 @@ class DepthTask(L.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        """Check the training sets' labels (``fit``); build one evaluator per validation / test set."""
+        """Build the student's EMA (when asked), check the training sets' labels (``fit``), build the evaluators."""
+        self._ensure_ema()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "fit":
             self.check_unlabeled_sets(list(getattr(datamodule, "unlabeled_set_names", None) or []))
@@ -282,13 +346,23 @@ class DepthTask(L.LightningModule):
                         f"{split}/{key}", value, sync_dist=False, add_dataloader_idx=False, prog_bar=key == "abs_rel"
                     )
 
+    def on_validation_epoch_start(self) -> None:
+        """Validate the EMA weights when there are any."""
+        self._swap_ema(True)
+
     def on_validation_epoch_end(self) -> None:
         """Log the validation metrics of every validation set (the first also as ``val/<metric>``)."""
         self._log_metrics("val")
+        self._swap_ema(False)
+
+    def on_test_epoch_start(self) -> None:
+        """Test the EMA weights when there are any."""
+        self._swap_ema(True)
 
     def on_test_epoch_end(self) -> None:
         """Log the test metrics of every test set."""
         self._log_metrics("test")
+        self._swap_ema(False)
 
     def on_fit_end(self) -> None:
         """Record the hyper-parameters with the last validation metrics (TensorBoard's HPARAMS tab: ``hp/<metric>``)."""
@@ -298,7 +372,10 @@ class DepthTask(L.LightningModule):
     # ----------------------------------------------------------------------------------------------------- logging
     @torch.no_grad()
     def _log_images(self, tag: str, batch: Batch, pred: Tensor, extra: dict[str, Tensor] | None = None) -> None:
-        """Write RGB | GT | prediction (| extra columns) | error panels to TensorBoard, when the logger is one."""
+        """Write RGB | GT | prediction (| extra columns) | error panels to TensorBoard, when the logger is one.
+
+        The tag is ``<tag>/<PANEL_TAG_SUFFIX>`` (the error column's fixed scale), the step that of the scalars.
+        """
         if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
             return
         n = min(self.hparams.num_logged_images, batch["image"].shape[0])
@@ -306,4 +383,8 @@ class DepthTask(L.LightningModule):
         panel = depth_error_panel(
             batch["image"][:n], batch["depth"][:n], batch["valid_mask"][:n], columns, self.hparams.alignment
         )
-        self.logger.experiment.add_image(tag, panel, self.global_step)
+        # The step the validation scalars of this run are logged at: Lightning logs them at the fit loop's
+        # `_batches_that_stepped` (as its LearningRateMonitor does), which during a mid-training validation is one
+        # behind `global_step` and also counts steps the non-finite guard skipped.
+        step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+        self.logger.experiment.add_image(f"{tag}/{PANEL_TAG_SUFFIX}", panel, step)

@@ -32,7 +32,7 @@ from d3epth.checkpoints import (
     load_task_checkpoint,
     plain_data,
     resolve_run_checkpoint,
-    sub_state_dict,
+    student_state_dict,
     tasks_with,
 )
 from d3epth.errors import ConfigError
@@ -153,7 +153,7 @@ class PixelRefinementTask(DepthTask):
 
     def _load_student(self, checkpoint: dict[str, Any], path: str) -> None:
         """Initialise the student from a checkpoint; heads new to this stage keep their fresh initialisation."""
-        state = sub_state_dict(checkpoint["state_dict"], "student.")
+        state = student_state_dict(checkpoint)  # stage 1's EMA weights when it kept them
         result = self.student.load_state_dict(state, strict=False)
         if result.unexpected_keys:
             raise ValueError(
