@@ -35,6 +35,7 @@ from d3epth.checkpoints import (
     student_state_dict,
     tasks_with,
 )
+from d3epth.data.teacher_cache import teacher_fingerprint
 from d3epth.errors import ConfigError
 from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
 from d3epth.losses.hybrid import LossConfig
@@ -188,19 +189,26 @@ class PixelRefinementTask(DepthTask):
                 holding ``teacher_depth``; or ``"none"`` under DDP (a skipped step on one rank would stall the others).
         """
         pseudo = self.hparams.pseudo_labels
-        needed = names if pseudo == "unlabeled" else ([] if pseudo == "none" else ["(every set)"])
-        if pseudo == "none" and names and self.trainer.world_size > 1:
-            raise ConfigError(
-                f"data.init_args.train.{names[0]} has no depth and pseudo_labels is 'none' (skip its batches), which "
-                "multi-process training cannot do; remove the set from data.init_args.train"
-            )
+        if pseudo == "none":
+            if names and self.trainer.world_size > 1:
+                raise ConfigError(
+                    f"data.init_args.train.{names[0]} has no depth and pseudo_labels is 'none' (skip its batches), "
+                    "which multi-process training cannot do; remove the set from data.init_args.train"
+                )
+            return
+        if pseudo == "unlabeled" and not names:
+            return
         cache = getattr(getattr(self.trainer, "datamodule", None), "teacher_cache", None)
-        if needed and self.teacher is None and not getattr(cache, "has_depth", False):
+        cached = cache is not None and cache.has_depth
+        if self.teacher is None and not cached:
+            where = f"data.init_args.train.{names[0]}" if names else "model.init_args.pseudo_labels"
             raise ConfigError(
-                f"data.init_args.train.{needed[0]}: pseudo_labels={pseudo!r} needs the teacher's depth, but there is "
-                "no model.init_args.teacher and no teacher cache with depth (tools/cache_teacher.py --with-depth); "
-                "set one, or remove the unlabeled sets (the GT-only baseline trains on ground truth alone)"
+                f"{where}: pseudo_labels={pseudo!r} needs the teacher's depth, but there is no "
+                "model.init_args.teacher and no teacher cache with depth (tools/cache_teacher.py --with-depth); set "
+                "one, or remove the unlabeled sets (the GT-only baseline trains on ground truth alone)"
             )
+        if cached and self.teacher is not None:  # pseudo-labels from the cache must be this teacher's
+            cache.check_teacher(teacher_fingerprint(self.teacher), self.hparams.get("teacher"))
 
     @torch.no_grad()
     def pseudo_label(self, batch: Batch) -> Tensor:
