@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers.data import write_hypersim
@@ -73,3 +75,17 @@ def test_each_arm_sees_the_samples_it_should(tmp_path: Path) -> None:
             assert frames(sets["unlabeled"]) == every - labelled[fraction]  # the rest, as images only
             assert sets["unlabeled"].has_depth is False
     assert labelled[0.05] < labelled[0.2] < labelled[1.0]  # nested: the same frames stay labelled
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_quick_run_end_to_end(tmp_path: Path) -> None:
+    """The whole --quick experiment on fresh sample data: every arm trained and scored, JSON and plot written."""
+    dv = load_script()
+    assert dv.main(["--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    cells = {(c["row"], c["arm"]) for c in result["summary"]}
+    assert {("hypersim 0.05", arm) for arm in (*dv.ARMS, "teacher")} <= cells
+    assert ("nyu-unlabeled", "d3epth+pseudo") in cells
+    assert all(0 < c["hypersim/abs_rel"] < 1 for c in result["summary"])
+    assert (tmp_path / "distillation_value.png").stat().st_size > 0
