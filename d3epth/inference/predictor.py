@@ -39,6 +39,7 @@ from d3epth.checkpoints import (
     TASKS,
     TEACHER,
     load_task_checkpoint,
+    resolve_run_checkpoint,
     student_state_dict,
     tasks_with,
 )
@@ -417,6 +418,7 @@ def load_predictor(
     teacher_options = {"num_steps": num_steps, "ensemble_size": ensemble_size, "seed": seed, "batch_size": batch_size}
     if not path.exists():
         raise FileNotFoundError(f"model source not found: {path}")
+    path = resolve_run_checkpoint(path, "model source")  # a run directory: its latest completed last.ckpt
     predictor: DepthPredictor
     if path.is_dir():
         if is_exported_student(path):

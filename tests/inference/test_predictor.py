@@ -213,3 +213,24 @@ def test_bad_image_shape(stage2: tuple[PixelRefinementTask, Path]) -> None:
     predictor: inference.DepthPredictor = load_predictor(stage2[1])
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         predictor.predict(torch.zeros(1, 4, 8, 8))
+
+
+def test_run_directory_loads_its_latest_completed_checkpoint(
+    tmp_path: Path, stage2: tuple[PixelRefinementTask, Path]
+) -> None:
+    from d3epth.checkpoints import COMPLETED_MARKER
+
+    run = tmp_path / "stage2_run"
+    for version, completed in (("version_0", True), ("version_1", False)):
+        (run / version / "checkpoints").mkdir(parents=True)
+        shutil.copy(stage2[1], run / version / "checkpoints" / "last.ckpt")
+        if completed:
+            (run / version / COMPLETED_MARKER).write_text('{"global_step": 1}')
+    image = rand_image(1, 32, 32)
+    with pytest.warns(UserWarning, match="skipping the newer unfinished version_1"):
+        from_run = load_predictor(run)
+    expected = load_predictor(stage2[1]).predict(image)
+    torch.testing.assert_close(from_run.predict(image), expected)
+    (run / "version_0" / COMPLETED_MARKER).unlink()
+    with pytest.raises(CheckpointError, match="holds no completed run"):
+        load_predictor(run)
