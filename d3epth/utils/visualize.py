@@ -44,7 +44,8 @@ def colorize(values: Tensor, mask: Tensor | None = None, cmap: str = "Spectral",
         picked = value[valid] if valid.any() else value.flatten()
         lo, hi = torch.quantile(picked, torch.tensor([0.02, 0.98])).tolist()
         scaled = ((value - lo) / max(hi - lo, 1e-8)).clamp(0, 1)
-        rgb = MarigoldImageProcessor.colormap(scaled[0], cmap=cmap, bytes=False)  # [H,W,3]
+        # [H,W,3]; float64 when diffusers hands the map to matplotlib (installed), float32 from its own fallback
+        rgb = MarigoldImageProcessor.colormap(scaled[0], cmap=cmap, bytes=False).float()
         rgb = rgb.permute(2, 0, 1)
         out.append(rgb * valid if blank_outside else rgb)
     return torch.stack(out)
@@ -55,7 +56,7 @@ def colorize_error(error: Tensor, valid_mask: Tensor) -> Tensor:
     error = error.detach().float().cpu()
     valid = valid_mask.detach().cpu().bool()
     scaled = (error / ERROR_RANGE).clamp(0, 1).nan_to_num(1.0)
-    rgb = torch.stack([MarigoldImageProcessor.colormap(e[0], cmap="binary", bytes=False) for e in scaled])
+    rgb = torch.stack([MarigoldImageProcessor.colormap(e[0], cmap="binary", bytes=False).float() for e in scaled])
     rgb = rgb.permute(0, 3, 1, 2)  # [B,3,H,W]
     invalid = torch.tensor(NO_GT_COLOUR, dtype=rgb.dtype).view(1, 3, 1, 1).expand_as(rgb)
     return torch.where(valid, rgb, invalid)
