@@ -186,3 +186,31 @@ def test_pseudo_label_mask_leaves_out_each_images_largest_errors() -> None:
     keep = task.pseudo_label_mask(pred, target)
     assert torch.equal(keep, ~worst)
     assert bool(tiny_task("stage2_light").pseudo_label_mask(pred, target).all())  # fraction 0 keeps every pixel
+
+
+def test_stage2_skips_unlabeled_batches_when_pseudo_labels_are_off() -> None:
+    from torch.utils.data import DataLoader
+
+    from d3epth.data.sample import collate_samples
+    from tests.helpers.checkpoints import quiet_trainer, tiny_task
+
+    def unlabeled_sample(i: int) -> dict:
+        size = (1, 32, 32)
+        return {
+            "image": torch.rand(3, 32, 32) * 2 - 1,
+            "depth": torch.zeros(size),
+            "valid_mask": torch.zeros(size, dtype=torch.bool),
+            "depth_norm": torch.zeros(size),
+            "dataset": "web",
+            "path": f"img_{i}.png",
+            "has_depth": False,
+        }
+
+    task = tiny_task("stage2_light", pseudo_labels="none", warmup_steps=1)
+    loader = DataLoader([unlabeled_sample(i) for i in range(4)], batch_size=2, collate_fn=collate_samples)
+    before = {key: value.clone() for key, value in task.student.state_dict().items()}
+    trainer = quiet_trainer(max_steps=2)
+    with pytest.warns(UserWarning, match="returned `None`"):
+        trainer.fit(task, train_dataloaders=loader)
+    assert trainer.global_step == 2
+    assert all(torch.equal(before[key], value) for key, value in task.student.state_dict().items())  # no update
