@@ -42,6 +42,7 @@ __all__ = [
     "KeySpec",
     "Sample",
     "collate_samples",
+    "target_mask",
 ]
 
 #: A sample dict (see the module docstring for its keys).
@@ -88,6 +89,17 @@ OPTIONAL_KEYS: dict[str, KeySpec] = {
 #: :class:`~d3epth.data.transforms.HorizontalFlip` swaps the two instead of mirroring them; the datamodule drops the
 #: partner after augmentation.
 FLIP_PAIRS: dict[str, str] = {"teacher_latent": "teacher_latent_flipped", "teacher_depth": "teacher_depth_flipped"}
+
+
+def target_mask(valid_mask: torch.Tensor, has_depth: torch.Tensor | None) -> torch.Tensor:
+    """Pixels a teacher target covers: ``valid_mask`` [B,...] plus every pixel of the images without ground truth.
+
+    Those images (``has_depth`` [B] False) carry no invalid pixels to leave out: the teacher's target is defined
+    everywhere. ``has_depth`` None returns ``valid_mask``.
+    """
+    if has_depth is None:
+        return valid_mask
+    return valid_mask | ~has_depth.view(-1, *([1] * (valid_mask.ndim - 1)))
 
 
 def collate_samples(samples: list[Sample]) -> dict[str, Any]:

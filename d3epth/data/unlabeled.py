@@ -146,7 +146,10 @@ class UnlabeledImageDataset(BaseDepthDataset):
             if not name or name.startswith("#"):
                 continue
             file = path.parent / name
-            (files if file.is_file() else missing).append(file if file.is_file() else f"{file} (line {lineno})")
+            if file.is_file():
+                files.append(file)
+            else:
+                missing.append(f"{file} (line {lineno})")
         if missing:
             raise DataError(f"{path}: {len(missing)} listed image(s) missing, e.g. {', '.join(map(str, missing[:3]))}")
         return files

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from d3epth.data.sample import target_mask
 from d3epth.errors import TrainingDivergedError
 
 __all__ = ["GUARD_KEY", "StepGuard", "check_finite_checkpoint"]
@@ -112,8 +113,8 @@ class StepGuard:
             inputs_finite &= torch.isfinite(value).all(dim=1)
         valid = batch.get("valid_mask")
         labelled = batch.get("has_depth")
-        if isinstance(valid, Tensor) and isinstance(labelled, Tensor):
-            valid = valid | ~labelled.view(-1, *([1] * (valid.ndim - 1)))  # an unlabeled image is not "empty"
+        if isinstance(valid, Tensor):  # an unlabeled image is not "empty": its teacher target covers every pixel
+            valid = target_mask(valid, labelled if isinstance(labelled, Tensor) else None)
         empty = ~valid.any() if isinstance(valid, Tensor) else torch.zeros((), dtype=torch.bool, device=device)
         skipped = batch.get("skipped_samples")
         skipped = skipped.float().sum() if isinstance(skipped, Tensor) else torch.zeros((), device=device)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from d3epth.checkpoints import plain_data
+from d3epth.data.sample import target_mask
 from d3epth.data.teacher_cache import teacher_fingerprint
 from d3epth.losses import feature_distillation_loss, latent_distillation_loss
 from d3epth.models.depth_model import student_depth
@@ -126,9 +127,7 @@ class LatentDistillationTask(DepthTask):
         if self.hparams.mask_latent_loss:
             # An image without ground truth (has_depth False) has no invalid pixels to leave out: every latent cell
             # counts, since the teacher's target is defined everywhere.
-            valid = batch["valid_mask"]
-            if "has_depth" in batch:
-                valid = valid | ~batch["has_depth"].view(-1, 1, 1, 1)
+            valid = target_mask(batch["valid_mask"], batch.get("has_depth"))
             mask = pad_to_multiple(valid, self.teacher.vae_scale_factor, value=False)
         loss_latent = latent_distillation_loss(outputs["latent"].float(), target, mask)
         parts = {"loss_latent": loss_latent.detach()}

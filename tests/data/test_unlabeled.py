@@ -214,3 +214,12 @@ def test_stage2_skips_unlabeled_batches_when_pseudo_labels_are_off() -> None:
         trainer.fit(task, train_dataloaders=loader)
     assert trainer.global_step == 2
     assert all(torch.equal(before[key], value) for key, value in task.student.state_dict().items())  # no update
+
+
+def test_target_mask_covers_every_pixel_of_an_unlabeled_image_only() -> None:
+    from d3epth.data.sample import target_mask
+
+    valid = torch.tensor([[[[True, False], [False, False]]], [[[False, False], [False, False]]]])
+    mask = target_mask(valid, torch.tensor([True, False]))
+    assert torch.equal(mask[0], valid[0]) and bool(mask[1].all())
+    assert target_mask(valid, None) is valid

@@ -314,12 +314,12 @@ def fill_cache(
                 # One teacher call for the images and their mirrors; the mirror is padded after flipping, exactly as
                 # stage 1 pads a flipped training image.
                 latents = teacher_latents(teacher, torch.cat([images, images.flip(-1)]))
+                n = len(paths)
                 if writer.with_depth:
                     depths = teacher.decode_depth(latents, images.shape[-2:]).float().cpu()
-                    shard["depths"].extend(depths[: len(paths)].unbind(0))
-                    shard["depths_flipped"].extend(depths[len(paths) :].unbind(0))
+                    shard["depths"].extend(depths[:n].unbind(0))
+                    shard["depths_flipped"].extend(depths[n:].unbind(0))
                 latents = latents.cpu()
-                n = len(paths)
                 shard["paths"].extend(paths)
                 shard["sizes"].extend([tuple(images.shape[-2:])] * n)
                 shard["latents"].extend(latents[:n].unbind(0))

@@ -220,11 +220,12 @@ class TeacherCache:
             )
         handle = self._handle(shard)
         latent_shape = (self.channels, math.ceil(height / self.scale), math.ceil(width / self.scale))
-        shapes = {"latent": latent_shape, "latent_flipped": latent_shape}
+        # stored suffix -> (sample key, shape)
+        stored = {"latent": (LATENT_KEY, latent_shape), "latent_flipped": (FLIPPED_LATENT_KEY, latent_shape)}
         if self.has_depth:
-            shapes.update(depth=(1, height, width), depth_flipped=(1, height, width))
+            stored.update(depth=(DEPTH_KEY, (1, height, width)), depth_flipped=(FLIPPED_DEPTH_KEY, (1, height, width)))
         out = {}
-        for suffix, expected in shapes.items():
+        for suffix, (sample_key, expected) in stored.items():
             key = f"{path}#{suffix}"
             try:
                 tensor = handle.get_tensor(key)
@@ -235,7 +236,7 @@ class TeacherCache:
                     f"teacher cache shard {self.root / shard}: '{key}' has shape {tuple(tensor.shape)}, expected "
                     f"{expected} for a {height}x{width} image"
                 )
-            out[f"teacher_{suffix}"] = tensor.float()
+            out[sample_key] = tensor.float()
         return out
 
     def lookup(self, set_name: str) -> TeacherCacheLookup:
