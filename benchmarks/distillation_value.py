@@ -34,8 +34,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d3epth.cli.quickstart import Stage
+
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("baseline", "d3epth", "d3epth+pseudo")
+
+
+#: The quick start's teacher fine-tuned end to end (E2E-FT / D²epth): one step at t = 999, loss in pixel space.
+E2E_TEACHER = Stage(
+    "teacher_e2e",
+    "configs/sample/teacher_e2e.yaml",
+    lambda logs: [f"--model.init_args.teacher={logs / 'sample_teacher'}"],
+    "[1b] teacher, fine-tuned end to end",
+)
 
 
 @dataclass
@@ -47,6 +58,8 @@ class Plan:
     stage1_steps: int
     stage2_steps: int
     teacher_scale: float
+    teacher_mode: str = "e2e"
+    student: tuple[str, int] = ("efficientnet_lite0", 32)
     domain_shift: bool = True
     runs: list[dict] = field(default_factory=list)
 
@@ -62,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage1-steps", type=int, default=None, help="default 300 (quick 60)")
     parser.add_argument("--stage2-steps", type=int, default=None, help="default 300 (quick 60); baseline: the sum")
     parser.add_argument("--teacher-scale", type=float, default=None, help="teacher steps x (default 1.0, quick 0.3)")
+    parser.add_argument(
+        "--teacher-mode",
+        choices=("diffusion", "e2e"),
+        default="e2e",
+        help="diffusion: the quick start's teacher (Marigold objective); e2e (default): that teacher fine-tuned end to "
+        "end at t=999 with the Hybrid Depth Loss (configs/sample/teacher_e2e.yaml), chosen on the validation split",
+    )
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="the student's timm backbone (every arm)")
+    parser.add_argument("--decoder-channels", type=int, default=32, help="the student's decoder width (every arm)")
     parser.add_argument("--no-domain-shift", action="store_true", help="skip the NYU-like unlabeled row")
     return parser
 
@@ -120,16 +142,15 @@ def unlabeled(images: Path | str) -> dict:
 def arm_runs(arm: str, fraction: float, seed: int, data: Path, work: Path, plan: Plan, teacher: str) -> list[dict]:
     """The ``tools/fit.py`` runs of one arm: ``{"name", "config", "args"}`` each, stage 1 shared by name."""
     labelled, rest = labelled_split(data, fraction, work)
-    common = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--logger.save_dir={work / 'logs'}"]
+    common = _common_args(seed, work)
     total = plan.stage1_steps + plan.stage2_steps
     if arm == "baseline":
         cfg = data_config(work / f"data_labelled_{fraction:g}.yaml", data, {"hypersim": hypersim(data, labelled)})
         name = f"baseline_f{fraction:g}_s{seed}"
-        return [_run(name, "baseline.yaml", cfg, total, common)]
+        return [_run(name, "baseline.yaml", cfg, total, common + _student_args(plan))]
     stage1_name = f"stage1_s{seed}"
     stage1_cfg = data_config(work / "data_all.yaml", data, {"hypersim": hypersim(data)})
-    stage1 = _run(stage1_name, "stage1.yaml", stage1_cfg, plan.stage1_steps, common)
-    stage1["args"] += [f"--model.init_args.teacher={teacher}", "--model.init_args.mask_latent_loss=false"]
+    stage1 = _stage1_run(stage1_name, stage1_cfg, plan, common, teacher)
     train = {"hypersim": hypersim(data, labelled)}
     if arm == "d3epth+pseudo" and rest is not None:
         train["unlabeled"] = unlabeled(rest)
@@ -140,6 +161,23 @@ def arm_runs(arm: str, fraction: float, seed: int, data: Path, work: Path, plan:
         f"--model.init_args.teacher={teacher}",
     ]
     return [stage1, stage2]
+
+
+def _common_args(seed: int, work: Path) -> list[str]:
+    return [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--logger.save_dir={work / 'logs'}"]
+
+
+def _student_args(plan: Plan) -> list[str]:
+    """The student every arm trains (stage 2 inherits it from its stage-1 checkpoint)."""
+    backbone, channels = plan.student
+    return [f"--model.init_args.student.backbone={backbone}", f"--model.init_args.student.decoder_channels={channels}"]
+
+
+def _stage1_run(name: str, data_cfg: Path, plan: Plan, common: list[str], teacher: str) -> dict:
+    """Stage 1 on every frame of ``data_cfg``: ground truth is ignored (every latent cell counts)."""
+    run = _run(name, "stage1.yaml", data_cfg, plan.stage1_steps, common + _student_args(plan))
+    run["args"] += [f"--model.init_args.teacher={teacher}", "--model.init_args.mask_latent_loss=false"]
+    return run
 
 
 def _run(name: str, model_config: str, data_cfg: Path, steps: int, common: list[str]) -> dict:
@@ -171,13 +209,14 @@ def train(run: dict, work: Path, done: dict[str, str]) -> str:
     return done[run["name"]]
 
 
-def score(checkpoint: str, test_sets: dict) -> dict[str, float]:
-    """Metrics of a checkpoint on the test sets, ``{"<set>/<metric>": value}``."""
+def score(checkpoint: str, sets: dict, prefix: str = "") -> dict[str, float]:
+    """Metrics of a checkpoint on ``sets``, ``{"[<prefix>/]<set>/<metric>": value}``."""
     from d3epth.inference import evaluate, load_predictor
 
     predictor = load_predictor(checkpoint, device="cpu")
-    results = evaluate(predictor.predict, test_sets, alignment=predictor.kind, progress=False)
-    return {f"{s}/{k}": float(v) for s, values in results.items() for k, v in values.items()}
+    results = evaluate(predictor.predict, sets, alignment=predictor.kind, progress=False)
+    lead = f"{prefix}/" if prefix else ""
+    return {f"{lead}{s}/{k}": float(v) for s, values in results.items() for k, v in values.items()}
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -233,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         stage1_steps=args.stage1_steps or (60 if quick else 300),
         stage2_steps=args.stage2_steps or (60 if quick else 300),
         teacher_scale=args.teacher_scale or (0.3 if quick else 1.0),
+        teacher_mode=args.teacher_mode,
+        student=(args.backbone, args.decoder_channels),
         domain_shift=not args.no_domain_shift,
     )
     out = args.out.resolve()
@@ -265,10 +306,19 @@ def main(argv: list[str] | None = None) -> int:
     from d3epth.cli.trainer import build_cli
 
     logs = work / "logs"
-    for stage in STAGES[:2]:  # autoencoder, teacher: once, on all labels
-        teacher = run_stage(stage, logs, plan.teacher_scale)
     datamodule = build_cli(["--config", str(REPO / "configs" / "sample" / "data.yaml")], parse_only=True)
-    test_sets = {k: v for k, v in datamodule.build_datamodule().test_sets.items() if k in ("hypersim", "nyu")}
+    datamodule = datamodule.build_datamodule()
+    test_sets = {k: v for k, v in datamodule.test_sets.items() if k in ("hypersim", "nyu")}
+    # The teacher is chosen on the Hypersim-like *validation* split (the sample NYU-like val set is its test set).
+    teachers = {}
+    for stage in (*STAGES[:2], E2E_TEACHER) if plan.teacher_mode == "e2e" else STAGES[:2]:
+        checkpoint = run_stage(stage, logs, plan.teacher_scale)  # autoencoder, teacher (, e2e): once, on all labels
+        if stage.name != "autoencoder":
+            teachers[stage.name] = {
+                "checkpoint": checkpoint,
+                **score(checkpoint, {"hypersim": datamodule.val_sets["hypersim"]}, "val"),
+            }
+    teacher = teachers[E2E_TEACHER.name if plan.teacher_mode == "e2e" else "teacher"]["checkpoint"]
     done: dict[str, str] = {}
     runs: list[dict] = []
     for seed in plan.seeds:
@@ -305,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     result = {
         "plan": {k: v for k, v in vars(plan).items() if k != "runs"},
+        "teachers": teachers,
         "elapsed_s": elapsed,
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads",
         "summary": summary,
@@ -328,13 +379,12 @@ def domain_shift_runs(
     test_sets: dict,
 ) -> list[dict]:
     """All Hypersim labels; NYU-like rooms (another seed) as images only; scored on the NYU-like test scenes."""
-    common = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--logger.save_dir={work / 'logs'}"]
+    common = _common_args(seed, work)
     nyu_images = nyu_unlabeled / "nyuv2" / "**" / "rgb_*.png"
     both = data_config(
         work / "data_hypersim_nyu.yaml", data, {"hypersim": hypersim(data), "nyu": unlabeled(nyu_images)}
     )
-    stage1 = _run(f"stage1_nyu_s{seed}", "stage1.yaml", both, plan.stage1_steps, common)
-    stage1["args"] += [f"--model.init_args.teacher={teacher}", "--model.init_args.mask_latent_loss=false"]
+    stage1 = _stage1_run(f"stage1_nyu_s{seed}", both, plan, common, teacher)
     rows = []
     for arm, cfg in (
         ("d3epth", data_config(work / "data_all.yaml", data, {"hypersim": hypersim(data)})),

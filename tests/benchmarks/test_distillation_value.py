@@ -43,7 +43,15 @@ def test_each_arm_sees_the_samples_it_should(tmp_path: Path) -> None:
     data, work = tmp_path / "data", tmp_path / "work"
     work.mkdir()
     write_hypersim(data / "hypersim", counts={"train": 20}, size=(16, 16))
-    plan = dv.Plan(fractions=[1.0, 0.2, 0.05], seeds=[0], stage1_steps=3, stage2_steps=5, teacher_scale=1.0)
+    plan = dv.Plan(
+        fractions=[1.0, 0.2, 0.05],
+        seeds=[0],
+        stage1_steps=3,
+        stage2_steps=5,
+        teacher_scale=1.0,
+        student=("resnet18", 16),
+    )
+    student = ["--model.init_args.student.backbone=resnet18", "--model.init_args.student.decoder_channels=16"]
 
     def runs(arm: str, fraction: float) -> list[dict]:
         return dv.arm_runs(arm, fraction, 0, data, work, plan, "teacher.ckpt")
@@ -57,11 +65,13 @@ def test_each_arm_sees_the_samples_it_should(tmp_path: Path) -> None:
         sets = train_sets(Path(baseline["config"][1]))
         assert list(sets) == ["hypersim"] and len(sets["hypersim"]) == n
         assert "--trainer.max_steps=8" in baseline["args"]  # the baseline gets stage 1 + stage 2 steps
+        assert set(student) <= set(baseline["args"])  # the same student in every arm
         labelled[fraction] = frames(sets["hypersim"])
 
         stage1, stage2 = runs("d3epth", fraction)
         assert frames(train_sets(Path(stage1["config"][1]))["hypersim"]) == every  # stage 1: every frame
         assert "--model.init_args.mask_latent_loss=false" in stage1["args"]  # ...and no label
+        assert set(student) <= set(stage1["args"])  # stage 2 inherits the student from this checkpoint
         assert {s: frames(d) for s, d in train_sets(Path(stage2["config"][1])).items()} == {
             "hypersim": labelled[fraction]
         }
@@ -85,6 +95,8 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert dv.main(["--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     cells = {(c["row"], c["arm"]) for c in result["summary"]}
+    assert set(result["teachers"]) == {"teacher", "teacher_e2e"}  # both candidates scored on the validation split
+    assert all(0 < t["val/hypersim/abs_rel"] < 1 for t in result["teachers"].values())
     assert {("hypersim 0.05", arm) for arm in (*dv.ARMS, "teacher")} <= cells
     assert ("nyu-unlabeled", "d3epth+pseudo") in cells
     assert all(0 < c["hypersim/abs_rel"] < 1 for c in result["summary"])
