@@ -209,14 +209,21 @@ def train(run: dict, work: Path, done: dict[str, str]) -> str:
     return done[run["name"]]
 
 
-def score(checkpoint: str, sets: dict, prefix: str = "") -> dict[str, float]:
-    """Metrics of a checkpoint on ``sets``, ``{"[<prefix>/]<set>/<metric>": value}``."""
+def score(checkpoint: str, sets: dict[str, dict]) -> dict[str, float]:
+    """Metrics of a checkpoint on ``sets = {"test": {...}, "val": {...}}``.
+
+    Keys are ``"<set>/<metric>"`` on the test sets and ``"val/<set>/<metric>"`` on the validation sets; settings are
+    chosen on "val", never on "test".
+    """
     from d3epth.inference import evaluate, load_predictor
 
     predictor = load_predictor(checkpoint, device="cpu")
-    results = evaluate(predictor.predict, sets, alignment=predictor.kind, progress=False)
-    lead = f"{prefix}/" if prefix else ""
-    return {f"{lead}{s}/{k}": float(v) for s, values in results.items() for k, v in values.items()}
+    out = {}
+    for split, datasets in sets.items():
+        results = evaluate(predictor.predict, datasets, alignment=predictor.kind, progress=False)
+        lead = "" if split == "test" else f"{split}/"
+        out.update({f"{lead}{s}/{k}": float(v) for s, values in results.items() for k, v in values.items()})
+    return out
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -308,17 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     logs = work / "logs"
     datamodule = build_cli(["--config", str(REPO / "configs" / "sample" / "data.yaml")], parse_only=True)
     datamodule = datamodule.build_datamodule()
-    test_sets = {k: v for k, v in datamodule.test_sets.items() if k in ("hypersim", "nyu")}
-    # The teacher is chosen on the Hypersim-like *validation* split (the sample NYU-like val set is its test set).
-    teachers = {}
+    # Test: the held-out scenes. Val: the Hypersim-like validation split (the sample NYU-like val set is its test set).
+    eval_sets = {
+        "test": {k: v for k, v in datamodule.test_sets.items() if k in ("hypersim", "nyu")},
+        "val": {"hypersim": datamodule.val_sets["hypersim"]},
+    }
+    teachers = {}  # the candidates, scored on both splits; the choice (--teacher-mode) is made on val
     for stage in (*STAGES[:2], E2E_TEACHER) if plan.teacher_mode == "e2e" else STAGES[:2]:
         checkpoint = run_stage(stage, logs, plan.teacher_scale)  # autoencoder, teacher (, e2e): once, on all labels
         if stage.name != "autoencoder":
-            teachers[stage.name] = {
-                "checkpoint": checkpoint,
-                **score(checkpoint, {"hypersim": datamodule.val_sets["hypersim"]}, "val"),
-            }
-    teacher = teachers[E2E_TEACHER.name if plan.teacher_mode == "e2e" else "teacher"]["checkpoint"]
+            teachers[stage.name] = {"checkpoint": checkpoint, **score(checkpoint, eval_sets)}
+    chosen = E2E_TEACHER.name if plan.teacher_mode == "e2e" else "teacher"
+    teacher = teachers[chosen]["checkpoint"]
     done: dict[str, str] = {}
     runs: list[dict] = []
     for seed in plan.seeds:
@@ -335,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                         "arm": arm,
                         "seed": seed,
                         "checkpoint": ckpt,
-                        "metrics": score(ckpt, test_sets),
+                        "metrics": score(ckpt, eval_sets),
                     }
                 )
         if plan.domain_shift:
-            runs += domain_shift_runs(seed, data, nyu_unlabeled, work, plan, teacher, done, test_sets)
-    teacher_metrics = score(teacher, test_sets)
+            runs += domain_shift_runs(seed, data, nyu_unlabeled, work, plan, teacher, done, eval_sets)
+    teacher_metrics = {k: v for k, v in teachers[chosen].items() if k != "checkpoint"}
     for fraction in plan.fractions:
         runs.append(
             {
@@ -376,7 +384,7 @@ def domain_shift_runs(
     plan: Plan,
     teacher: str,
     done: dict[str, str],
-    test_sets: dict,
+    eval_sets: dict,
 ) -> list[dict]:
     """All Hypersim labels; NYU-like rooms (another seed) as images only; scored on the NYU-like test scenes."""
     common = _common_args(seed, work)
@@ -398,7 +406,7 @@ def domain_shift_runs(
         train(stage1, work, done)
         ckpt = train(stage2, work, done)
         rows.append(
-            {"row": "nyu-unlabeled", "arm": arm, "seed": seed, "checkpoint": ckpt, "metrics": score(ckpt, test_sets)}
+            {"row": "nyu-unlabeled", "arm": arm, "seed": seed, "checkpoint": ckpt, "metrics": score(ckpt, eval_sets)}
         )
     baseline = done.get(f"baseline_f1_s{seed}")
     if baseline is not None:
@@ -408,7 +416,7 @@ def domain_shift_runs(
                 "arm": "baseline",
                 "seed": seed,
                 "checkpoint": baseline,
-                "metrics": score(baseline, test_sets),
+                "metrics": score(baseline, eval_sets),
             }
         )
     return rows
