@@ -9,6 +9,7 @@ are random (``pretrained_weights`` and other ``${oc.env:...}`` values are droppe
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 STAGE1_CONFIG = REPO / "configs" / "stage1.yaml"
 STAGE2_CONFIG = REPO / "configs" / "stage2.yaml"
+#: A test-sized student (timm's ``test_efficientnet``) for wiring runs of the benchmarks.
+TINY_STUDENT: dict[str, Any] = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["latent"]}
 #: ``trainer.precision`` values these benchmarks reproduce (Lightning's names).
 PRECISIONS = ("32", "bf16-mixed")
 
@@ -39,6 +42,19 @@ def _without_environment(node: dict[str, Any]) -> dict[str, Any]:
 def paper_student(config: Path = STAGE1_CONFIG) -> dict[str, Any]:
     """``DepthStudent`` arguments of the stage-1 config's student (e.g. ``convnext_tiny``, 128 decoder channels)."""
     return _without_environment(config_node(config, "model", "init_args", "student"))
+
+
+def parse_student(value: str) -> dict[str, Any]:
+    """A ``--student`` value: ``tiny``, ``paper`` (the stage-1 config's) or ``DepthStudent`` arguments as JSON."""
+    if value in ("tiny", "paper"):
+        return dict(TINY_STUDENT) if value == "tiny" else paper_student()
+    try:
+        student = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--student: {value!r} is neither tiny, paper nor JSON ({err})") from err
+    if not isinstance(student, dict):
+        raise SystemExit(f"--student: expected tiny, paper or a JSON object, got {value!r}")
+    return student
 
 
 def stage2_arguments(config: Path = STAGE2_CONFIG, student: dict[str, Any] | None = None) -> dict[str, Any]:

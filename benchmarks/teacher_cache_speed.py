@@ -50,10 +50,9 @@ import torch
 from d3epth.cli.common import parser_from_docstring
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_shapes import PRECISIONS, optimiser_step, optimizer_for, paper_student  # benchmarks/, put on sys.path above
+from paper_shapes import PRECISIONS, optimiser_step, optimizer_for, parse_student  # benchmarks/, put on sys.path above
 
 REPO = Path(__file__).resolve().parents[1]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["latent"]}
 TINY_TEACHER = {"config": {"seed": 0}}
 
 
@@ -93,19 +92,6 @@ def parse_teacher(value: str) -> str | dict[str, Any]:
     if not isinstance(source, dict):
         raise SystemExit(f"--teacher: expected a path or a JSON object, got {value!r}")
     return source
-
-
-def parse_student(value: str) -> dict[str, Any]:
-    """``--student``: ``tiny``, ``paper`` or ``DepthStudent`` arguments as a JSON object."""
-    if value in ("tiny", "paper"):
-        return dict(STUDENT) if value == "tiny" else paper_student()
-    try:
-        student = json.loads(value)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--student: {value!r} is neither tiny, paper nor JSON ({err})") from err
-    if not isinstance(student, dict):
-        raise SystemExit(f"--student: expected tiny, paper or a JSON object, got {value!r}")
-    return student
 
 
 def describe_hardware(device: torch.device) -> str:
