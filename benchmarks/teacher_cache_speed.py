@@ -33,6 +33,7 @@ JSON. Weights do not change the timing. The caching cost is also given per sampl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from d3epth.cli.common import parser_from_docstring
 
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         error = ((cached - expected).abs().max() / expected.abs().max()).item()
 
         times: dict[str, dict[str, list[float]]] = {name: {"data": [], "step": []} for name in loaders}
+        flops: dict[str, float] = {}
         for i in range(args.warmup + args.steps):
             order = list(loaders.items()) if i % 2 else list(loaders.items())[::-1]  # alternate who goes first
             for name, loader in order:
@@ -220,9 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                 batch = to_device(next(loader), device)
                 sync()
                 fetched = time.perf_counter()
-                optimiser_step(task, optimizer, batch, i, args.precision)
+                # The first warm-up step also counts the step's FLOPs (untimed, so the counter's overhead is not).
+                with FlopCounterMode(display=False) if i == 0 and args.warmup else contextlib.nullcontext() as counter:
+                    optimiser_step(task, optimizer, batch, i, args.precision)
                 sync()
                 done = time.perf_counter()
+                if counter is not None:
+                    flops[name] = counter.get_total_flops() / args.batch_size
                 if i >= args.warmup:
                     times[name]["data"].append((fetched - start) * 1000)
                     times[name]["step"].append((done - fetched) * 1000)
@@ -244,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     speedup = totals["teacher every step"] / totals["cached targets"]
     per_sample = cache_seconds / args.samples * 1000
     print(f"speed-up with the cache: {speedup:.2f}x")
+    if flops:  # hardware-independent: what the speed-up would be if every FLOP ran at the same rate
+        live, cached = flops["teacher every step"], flops["cached targets"]
+        print(
+            f"FLOPs per sample (torch.utils.flop_counter, 2 per multiply-add): teacher every step "
+            f"{live / 1e9:.1f} G, cached {cached / 1e9:.1f} G, ratio {live / cached:.2f}x"
+        )
     print(
         f"caching {args.samples} samples (each + its mirror) took {cache_seconds:.1f} s ({per_sample:.0f} ms/sample, "
         f"including building the teacher)"
