@@ -87,8 +87,8 @@ def _is_png_rgb8(path: DataPath) -> bool:
 def _decode_png_rgb8(path: DataPath) -> np.ndarray:
     """An 8-bit RGB PNG decoded by libpng through torchvision, uint8 [H,W,3].
 
-    The RGB decode is the training loader's largest cost: torchvision's takes about two thirds of PIL's time at
-    768x1024 (``benchmarks/data_throughput.py --decode-cost``) and gives the same pixels (tested). Other PNG kinds
+    The RGB decode is the training loader's largest stage (``benchmarks/data_throughput.py --decode-cost``);
+    torchvision's takes 0.7-0.8 of PIL's time at 768x1024 and gives the same pixels (tested). Other PNG kinds
     (palette, grey, alpha, 16-bit) and other formats keep PIL's decoding and conversions.
     """
     from torchvision.io import ImageReadMode, decode_png  # torchvision's image ops load on first use
@@ -346,7 +346,7 @@ class BaseDepthDataset(Dataset):
         image = image_from_uint8(rgb)
         # 8/16-bit PNGs are always finite, but a reader of float files (EXR, HDF5) must map NaN/Inf to an invalid
         # value itself: past this point an Inf depth would pass as "beyond max_depth" and a NaN would reach depth_norm.
-        # An integer RGB is finite by construction, so its scan (~8 ms at 768x1024) is skipped; the depth is always
+        # An integer RGB is finite by construction, so its scan (~7 ms at 768x1024) is skipped; the depth is always
         # scanned, since a subclass's depth_from_raw may compute it (e.g. an inverse from integers).
         checks = ((depth, "depth"),) if rgb.dtype.kind in "ui" else ((image, "rgb"), (depth, "depth"))
         for tensor, column in checks:
