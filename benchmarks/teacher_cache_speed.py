@@ -18,7 +18,7 @@ Usage::
 
     python benchmarks/teacher_cache_speed.py                               # tiny random teacher, 96x128, CPU
     python benchmarks/teacher_cache_speed.py --teacher sd2 --student paper --size 480 640 --batch-size 1 \
-        --samples 3 --warmup 1 --steps 3                                   # paper shapes (SD2 teacher: slow on CPU)
+        --samples 2 --warmup 1 --steps 2                                   # paper shapes (~15-20 min on 2 CPU cores)
     python benchmarks/teacher_cache_speed.py --size 480 640 --device cuda --teacher checkpoints/marigold-depth-v1-1
     python benchmarks/teacher_cache_speed.py --teacher '{"config": {"block_out_channels": [64, 128, 128]}}'
 
