@@ -33,7 +33,7 @@ JSON. Weights do not change the timing. The caching cost is also given per sampl
 from __future__ import annotations
 
 import argparse
-import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -47,12 +47,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from d3epth.cli.common import parser_from_docstring
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_shapes import PRECISIONS, optimiser_step, optimizer_for, parse_student  # benchmarks/, put on sys.path above
+from student_speed import count_flops
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TEACHER = {"config": {"seed": 0}}
@@ -223,13 +223,13 @@ def main(argv: list[str] | None = None) -> int:
                 batch = to_device(next(loader), device)
                 sync()
                 fetched = time.perf_counter()
-                # The first warm-up step also counts the step's FLOPs (untimed, so the counter's overhead is not).
-                with FlopCounterMode(display=False) if i == 0 and args.warmup else contextlib.nullcontext() as counter:
+                if i == 0 and args.warmup:  # the first warm-up step (untimed) also counts the step's FLOPs
+                    step = functools.partial(optimiser_step, task, optimizer, batch, i, args.precision)
+                    flops[name] = count_flops(step) / args.batch_size
+                else:
                     optimiser_step(task, optimizer, batch, i, args.precision)
                 sync()
                 done = time.perf_counter()
-                if counter is not None:
-                    flops[name] = counter.get_total_flops() / args.batch_size
                 if i >= args.warmup:
                     times[name]["data"].append((fetched - start) * 1000)
                     times[name]["step"].append((done - fetched) * 1000)
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         live, cached = flops["teacher every step"], flops["cached targets"]
         print(
             f"FLOPs per sample (torch.utils.flop_counter, 2 per multiply-add): teacher every step "
-            f"{live / 1e9:.1f} G, cached {cached / 1e9:.1f} G, ratio {live / cached:.2f}x"
+            f"{live / 1e9:.4g} G, cached {cached / 1e9:.4g} G, ratio {live / cached:.2f}x"
         )
     print(
         f"caching {args.samples} samples (each + its mirror) took {cache_seconds:.1f} s ({per_sample:.0f} ms/sample, "

@@ -54,11 +54,13 @@ def test_stage2_arguments_follow_the_config() -> None:
 
 def test_teacher_cache_speed_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     speed = load_benchmark("teacher_cache_speed")
-    argv = ["--size", "16", "24", "--batch-size", "2", "--samples", "2", "--steps", "1", "--warmup", "0"]
+    argv = ["--size", "16", "24", "--batch-size", "2", "--samples", "2", "--steps", "1", "--warmup", "1"]
     assert speed.main([*argv, "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "precision 32" in out and "speed-up with the cache:" in out
     assert re.search(r"caching costs about \d+ ms/sample", out)
+    live, cached = map(float, re.search(r"teacher every step (\S+) G, cached (\S+) G", out).groups())
+    assert live > cached > 0  # counted on the warm-up step: the live step adds the teacher's forward
     error = float(re.search(r"max \|difference\| / max \|latent\| = (\S+)", out).group(1))
     assert error < 1e-2  # the cache holds the teacher's latents (float16 storage)
 
