@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from d3epth.data.png import decode_png_rgb8, is_png_rgb8
 from d3epth.data.sample import Sample
 from d3epth.data.storage import ArchivePath, DataPath, data_root
 from d3epth.data.transforms import Compose, KBCrop, Resize, Transform, normalize_depth
@@ -69,38 +69,6 @@ def _open_checked(path: DataPath) -> Image.Image:
     return img
 
 
-#: The first bytes of every PNG file.
-PNG_SIGNATURE: bytes = b"\x89PNG\r\n\x1a\n"
-
-
-def _is_png_rgb8(path: DataPath) -> bool:
-    """Whether ``path`` is an 8-bit truecolour PNG: signature, then IHDR with bit depth 8 and colour type 2."""
-    if isinstance(path, Path):
-        with path.open("rb") as handle:
-            header = handle.read(26)
-    else:
-        header = path.read_bytes()[:26]
-    # IHDR: length (4), type (4), width (4), height (4), bit depth (1), colour type (1; 2 = truecolour).
-    return header[:8] == PNG_SIGNATURE and header[12:16] == b"IHDR" and header[24:26] == b"\x08\x02"
-
-
-def _decode_png_rgb8(path: DataPath) -> np.ndarray:
-    """An 8-bit RGB PNG decoded by libpng through torchvision, uint8 [H,W,3].
-
-    The RGB decode is the training loader's largest stage (``benchmarks/data_throughput.py --decode-cost``);
-    torchvision's takes 0.7-0.8 of PIL's time at 768x1024 and gives the same pixels (tested). Other PNG kinds
-    (palette, grey, alpha, 16-bit) and other formats keep PIL's decoding and conversions.
-    """
-    from torchvision.io import ImageReadMode, decode_png  # torchvision's image ops load on first use
-
-    try:
-        chw = decode_png(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), ImageReadMode.RGB)
-    except RuntimeError as err:  # torchvision prefixes its C++ source location: keep only the reason
-        reason = re.sub(r"^.*\.cpp:\d+, ", "", str(err).strip().splitlines()[-1])
-        raise ValueError(f"{path}: unreadable or corrupt image ({reason})") from err
-    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
-
-
 def read_rgb(path: DataPath) -> np.ndarray:
     """Read an 8-bit colour image as uint8 [H,W,3].
 
@@ -109,8 +77,8 @@ def read_rgb(path: DataPath) -> np.ndarray:
         ValueError: unreadable/corrupt file, or not an 8-bit colour/grey image (e.g. a 16-bit PNG).
     """
     path = as_data_path(path)
-    if path.is_file() and _is_png_rgb8(path):
-        return _decode_png_rgb8(path)
+    if path.is_file() and is_png_rgb8(path):
+        return decode_png_rgb8(path)
     img = _open_checked(path)
     if img.mode not in RGB_MODES:
         raise ValueError(f"{path}: RGB image has PIL mode {img.mode!r}; expected an 8-bit RGB image")
