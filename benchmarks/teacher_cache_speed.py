@@ -17,16 +17,23 @@ checks, once, that a cached target equals the teacher's latent for that (possibl
 Usage::
 
     python benchmarks/teacher_cache_speed.py                               # tiny random teacher, 96x128, CPU
+    python benchmarks/teacher_cache_speed.py --teacher sd2 --student paper --size 480 640 --batch-size 1 \
+        --samples 2 --warmup 1 --steps 2                                   # paper shapes (~15-20 min on 2 CPU cores)
     python benchmarks/teacher_cache_speed.py --size 480 640 --device cuda --teacher checkpoints/marigold-depth-v1-1
     python benchmarks/teacher_cache_speed.py --teacher '{"config": {"block_out_channels": [64, 128, 128]}}'
 
-``--teacher`` is any ``load_teacher`` source: a path (diffusers directory, ``TeacherTask`` checkpoint) or a JSON
-object (``{"config": {...}}`` builds a random teacher of that shape). Weights do not change the timing.
+``--teacher`` is ``tiny`` (a random test-sized teacher), ``sd2`` (random weights in Stable Diffusion 2's shape, the
+compute of Marigold / E2E-FT: ``d3epth.models.teacher.build.sd2_config``), or any ``load_teacher`` source: a path
+(diffusers directory, ``TeacherTask`` checkpoint) or a JSON object (``{"config": {...}}`` builds a random teacher of
+that shape). ``--student`` is ``tiny``, ``paper`` (``configs/stage1.yaml``'s student) or ``DepthStudent`` arguments as
+JSON. Weights do not change the timing. The caching cost is also given per sample without the teacher's build time
+(measured separately, when the timed task builds the same teacher).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -35,7 +42,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,17 +50,22 @@ import torch
 
 from d3epth.cli.common import parser_from_docstring
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_shapes import PRECISIONS, optimiser_step, optimizer_for, parse_student  # benchmarks/, put on sys.path above
+from student_speed import count_flops
+
 REPO = Path(__file__).resolve().parents[1]
-STUDENT = {"backbone": "test_efficientnet", "decoder_channels": 16, "heads": ["latent"]}
+TINY_TEACHER = {"config": {"seed": 0}}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = parser_from_docstring("benchmarks/teacher_cache_speed.py", __doc__)
-    parser.add_argument("--teacher", default='{"config": {"seed": 0}}', help="teacher: a path or a JSON object")
+    parser.add_argument("--teacher", default="tiny", help="teacher: tiny, sd2, a path or a JSON object")
     parser.add_argument(
-        "--student", default=json.dumps(STUDENT), help="DepthStudent arguments as JSON (default: a tiny test backbone)"
+        "--student", default="tiny", help="student: tiny (a test backbone), paper (configs/stage1.yaml's) or JSON"
     )
+    parser.add_argument("--precision", choices=PRECISIONS, default="32", help="autocast of the step, as Lightning's")
     parser.add_argument("--size", type=int, nargs=2, default=[96, 128], metavar=("H", "W"), help="image size")
     parser.add_argument("--batch-size", type=int, default=4, help="training batch size")
     parser.add_argument("--samples", type=int, default=24, help="training frames to generate and cache")
@@ -67,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_teacher(value: str) -> str | dict[str, Any]:
-    """``--teacher``: an existing path stays a path; anything else must be a JSON object."""
+    """``--teacher``: ``tiny``, ``sd2``, an existing path (kept as a path) or a JSON object."""
+    if value == "tiny":
+        return TINY_TEACHER
+    if value == "sd2":
+        from d3epth.models.teacher.build import sd2_config  # diffusers: imported once HF_HUB_OFFLINE is set
+
+        return json.loads(json.dumps({"config": sd2_config()}))  # tuples as lists, as a config file holds them
     if Path(value).expanduser().exists():
         return str(Path(value).expanduser())
     try:
@@ -159,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     teacher_source = parse_teacher(args.teacher)
-    student = json.loads(args.student)
+    student = parse_student(args.student)
     device = torch.device(args.device)
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
@@ -180,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         cache_seconds = run_cache_tool(config, cache, device, args.batch_size)
 
         torch.manual_seed(0)
-        task = LatentDistillationTask(student=student, teacher=teacher_source, lr=1e-4)
+        start = time.perf_counter()
+        task = LatentDistillationTask(student=student, teacher=teacher_source, lr=1e-4, optimizer="adamw")
+        build_seconds = time.perf_counter() - start  # mostly the teacher, which the cache tool built as well
         TeacherCache(cache).check_teacher(teacher_fingerprint(task.teacher), teacher_source)  # same teacher
         task = task.to(device).train()
         task.teacher.eval()  # frozen, as LatentDistillationTask keeps it during fit
-        optimizer = torch.optim.AdamW([p for p in task.student.parameters() if p.requires_grad], lr=1e-4)
+        optimizer = optimizer_for(task)
         loaders = {"teacher every step": batches(data_root, args.batch_size, None)}
         loaders["cached targets"] = batches(data_root, args.batch_size, cache)
 
@@ -196,30 +215,33 @@ def main(argv: list[str] | None = None) -> int:
         error = ((cached - expected).abs().max() / expected.abs().max()).item()
 
         times: dict[str, dict[str, list[float]]] = {name: {"data": [], "step": []} for name in loaders}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer attached: logging is a no-op
-            for i in range(args.warmup + args.steps):
-                order = list(loaders.items()) if i % 2 else list(loaders.items())[::-1]  # alternate who goes first
-                for name, loader in order:
-                    start = time.perf_counter()
-                    batch = to_device(next(loader), device)
-                    sync()
-                    fetched = time.perf_counter()
-                    loss = task.training_step(batch, i)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    sync()
-                    done = time.perf_counter()
-                    if i >= args.warmup:
-                        times[name]["data"].append((fetched - start) * 1000)
-                        times[name]["step"].append((done - fetched) * 1000)
+        flops: dict[str, float] = {}
+        for i in range(args.warmup + args.steps):
+            order = list(loaders.items()) if i % 2 else list(loaders.items())[::-1]  # alternate who goes first
+            for name, loader in order:
+                start = time.perf_counter()
+                batch = to_device(next(loader), device)
+                sync()
+                fetched = time.perf_counter()
+                if i == 0 and args.warmup:  # the first warm-up step (untimed) also counts the step's FLOPs
+                    step = functools.partial(optimiser_step, task, optimizer, batch, i, args.precision)
+                    flops[name] = count_flops(step) / args.batch_size
+                else:
+                    optimiser_step(task, optimizer, batch, i, args.precision)
+                sync()
+                done = time.perf_counter()
+                if i >= args.warmup:
+                    times[name]["data"].append((fetched - start) * 1000)
+                    times[name]["step"].append((done - fetched) * 1000)
 
     print(describe_hardware(device))
     print(
         f"stage 1, {args.size[0]}x{args.size[1]} images, batch {args.batch_size}, device {device}, "
-        f"teacher {json.dumps(teacher_source)}, student {json.dumps(student)}"
+        f"precision {args.precision}, teacher {args.teacher if args.teacher in ('tiny', 'sd2') else ''} "
+        f"{json.dumps(teacher_source)}, student {json.dumps(student)}"
     )
+    teacher_m = sum(p.numel() for p in task.teacher.parameters()) / 1e6
+    print(f"teacher {teacher_m:.0f} M parameters (UNet + VAE); the live step runs its VAE encoder + UNet")
     print(f"median over {args.steps} interleaved steps each (after {args.warmup} warm-up steps):")
     totals = {}
     for name, parts in times.items():
@@ -229,9 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     speedup = totals["teacher every step"] / totals["cached targets"]
     per_sample = cache_seconds / args.samples * 1000
     print(f"speed-up with the cache: {speedup:.2f}x")
+    if flops:  # hardware-independent: what the speed-up would be if every FLOP ran at the same rate
+        live, cached = flops["teacher every step"], flops["cached targets"]
+        print(
+            f"FLOPs per sample (torch.utils.flop_counter, 2 per multiply-add): teacher every step "
+            f"{live / 1e9:.4g} G, cached {cached / 1e9:.4g} G, ratio {live / cached:.2f}x"
+        )
     print(
         f"caching {args.samples} samples (each + its mirror) took {cache_seconds:.1f} s ({per_sample:.0f} ms/sample, "
         f"including building the teacher)"
+    )
+    net = max(cache_seconds - build_seconds, 0.0) / args.samples * 1000
+    print(
+        f"building the task (teacher + student) took {build_seconds:.1f} s, so caching costs about {net:.0f} "
+        f"ms/sample (each + its mirror), {net / totals['cached targets']:.1f} cached steps' worth"
     )
     print(f"cached target vs teacher: max |difference| / max |latent| = {error:.1e}")
     return 0

@@ -113,6 +113,26 @@ class FloatDepthHypersim(HypersimDataset):
         return depth
 
 
+class FloatImageHypersim(HypersimDataset):
+    """A reader whose RGB comes out as floats (as an HDR reader's would), with a NaN in sample 1."""
+
+    def _read_pair(self, entry: dict) -> tuple[np.ndarray, np.ndarray]:
+        rgb, raw = super()._read_pair(entry)
+        rgb = rgb.astype(np.float32)
+        if entry is self.entries[1]:
+            rgb[2, 3, 0] = np.nan
+        return rgb, raw
+
+
+def test_a_float_image_is_still_checked_for_nan(tmp_path: Path) -> None:
+    # The loader skips the scan only for integer RGB (finite by construction); a float reader's image is scanned.
+    written = write_hypersim(tmp_path, counts={"train": 2}, size=(16, 16))
+    data = datamodule(tmp_path, dataset=FloatImageHypersim(tmp_path, split="train"))
+    data.setup("fit")
+    with pytest.raises(DataError, match=rf"{written['train'][1].rgb_rel}: holds NaN or Inf values \(listed at "):
+        list(data.train_dataloader())
+
+
 def test_nan_or_inf_in_an_input_is_named(tmp_path: Path) -> None:
     written = write_hypersim(tmp_path, counts={"train": 2}, size=(16, 16))
     data = datamodule(tmp_path, dataset=FloatDepthHypersim(tmp_path, split="train"))

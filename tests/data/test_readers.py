@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from d3epth.data import HypersimDataset, KITTIDataset, NYUv2Dataset, UnlabeledImageDataset, VirtualKITTI2Dataset
+from d3epth.data.base import read_rgb
 from tests.helpers.data import write_hypersim, write_kitti, write_nyu, write_png16, write_rgb, write_vkitti2
 
 
@@ -317,6 +318,27 @@ def test_corrupt_image_named(tmp_path: Path) -> None:
     first.write_bytes(b"not a png at all")
     with pytest.raises(ValueError, match=rf"{first}: unreadable or corrupt image"):
         HypersimDataset(tmp_path / "hs")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L"])
+def test_read_rgb_gives_pil_pixels(tmp_path: Path, mode: str) -> None:
+    # 8-bit RGB PNGs are decoded by torchvision (faster); every kind must still read as PIL's convert("RGB") does.
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(pixels).convert(mode).save(path)
+    rgb = read_rgb(path)
+    assert rgb.dtype == np.uint8 and rgb.flags.writeable and rgb.flags.c_contiguous
+    np.testing.assert_array_equal(rgb, np.array(Image.open(path).convert("RGB")))
+    if mode == "RGB":
+        np.testing.assert_array_equal(rgb, pixels)
+
+
+def test_truncated_rgb_png_named(tmp_path: Path) -> None:
+    path = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:3000])
+    with pytest.raises(ValueError, match=rf"^{path}: unreadable or corrupt image \((?!operator)[^/]*\)$"):
+        read_rgb(path)
 
 
 def test_corrupt_image_later_in_split_found_by_check_files(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from d3epth.data.transforms import (
     KBCrop,
     RandomCrop,
     Resize,
+    _quantiles,
     crop_sample,
     normalize_depth,
 )
@@ -192,6 +193,19 @@ def test_normalize_depth_matches_numpy_quantiles() -> None:
     d2, d98 = np.quantile(depth[mask].double().numpy(), [0.02, 0.98])
     expected = np.clip((depth.numpy() - d2) / (d98 - d2) * 2 - 1, -1, 1)
     np.testing.assert_allclose(normalize_depth(depth, mask).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 2, 51, 1001, 307_200])
+def test_quantiles_equal_torch_quantile_bit_for_bit(n: int) -> None:
+    # The loader's quantiles select order statistics by partition instead of sorting; the result must be torch's own.
+    gen = torch.Generator().manual_seed(n)
+    for values in (
+        torch.rand(n, generator=gen) * 20,
+        torch.randn(n, generator=gen).exp(),  # heavy tail: large gaps between neighbours expose the weight
+        (torch.rand(n, generator=gen) * 60).round() / 3,  # ties
+    ):
+        for qs in ((0.02, 0.98), (0.0, 0.5, 1.0), (0.1234,)):
+            assert _quantiles(values, qs) == torch.quantile(values, torch.tensor(qs)).tolist()
 
 
 def test_normalize_depth_hand_values() -> None:
