@@ -77,8 +77,10 @@ def read_rgb(path: DataPath) -> np.ndarray:
         ValueError: unreadable/corrupt file, or not an 8-bit colour/grey image (e.g. a 16-bit PNG).
     """
     path = as_data_path(path)
-    if path.is_file() and is_png_rgb8(path):
-        return decode_png_rgb8(path)
+    if path.suffix.lower() == ".png" and path.is_file():  # one read serves the header check and the decode
+        data = path.read_bytes()
+        if is_png_rgb8(data):
+            return decode_png_rgb8(data, path)
     img = _open_checked(path)
     if img.mode not in RGB_MODES:
         raise ValueError(f"{path}: RGB image has PIL mode {img.mode!r}; expected an 8-bit RGB image")

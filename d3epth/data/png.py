@@ -7,7 +7,6 @@ JPEG, ...) to PIL; both give the same pixels for an RGB PNG (``tests/data/test_r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,19 +17,14 @@ from d3epth.data.storage import DataPath
 PNG_SIGNATURE: bytes = b"\x89PNG\r\n\x1a\n"
 
 
-def is_png_rgb8(path: DataPath) -> bool:
-    """Whether ``path`` is an 8-bit truecolour PNG: signature, then IHDR with bit depth 8 and colour type 2."""
-    if isinstance(path, Path):
-        with path.open("rb") as handle:
-            header = handle.read(26)
-    else:
-        header = path.read_bytes()[:26]
+def is_png_rgb8(data: bytes) -> bool:
+    """Whether a file's bytes are an 8-bit truecolour PNG: signature, then IHDR with bit depth 8 and colour type 2."""
     # IHDR: length (4), type (4), width (4), height (4), bit depth (1), colour type (1; 2 = truecolour).
-    return header[:8] == PNG_SIGNATURE and header[12:16] == b"IHDR" and header[24:26] == b"\x08\x02"
+    return data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24:26] == b"\x08\x02"
 
 
-def decode_png_rgb8(path: DataPath) -> np.ndarray:
-    """An 8-bit RGB PNG decoded by libpng through torchvision, uint8 [H,W,3].
+def decode_png_rgb8(data: bytes, path: DataPath) -> np.ndarray:
+    """The bytes of an 8-bit RGB PNG (``path``, for errors) decoded by libpng through torchvision, uint8 [H,W,3].
 
     The RGB decode is the training loader's largest stage (``benchmarks/data_throughput.py --decode-cost``);
     torchvision's takes 0.7-0.8 of PIL's time at 768x1024 and gives the same pixels (tested). Other PNG kinds
@@ -39,7 +33,7 @@ def decode_png_rgb8(path: DataPath) -> np.ndarray:
     from torchvision.io import ImageReadMode, decode_png  # torchvision's image ops load on first use
 
     try:
-        chw = decode_png(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8), ImageReadMode.RGB)
+        chw = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
     except RuntimeError as err:  # torchvision prefixes its C++ source location: keep only the reason
         reason = re.sub(r"^.*\.cpp:\d+, ", "", str(err).strip().splitlines()[-1])
         raise ValueError(f"{path}: unreadable or corrupt image ({reason})") from err
