@@ -8,8 +8,9 @@ a ``Conv2d`` whose output feeds only that BatchNorm can absorb it: ``W' = W * s`
 Why not ``torch.fx.experimental.optimization.fuse``: it needs the whole model symbolically traceable and matches
 module *types* exactly, while timm's EfficientNet / MobileNet / RegNet blocks use ``BatchNormAct2d`` (a BatchNorm2d
 subclass with the activation inside) and the student's forward has input-size arithmetic that fx cannot trace. So
-pairs are found by running the model once on a small example with hooks: a BatchNorm is fused into a convolution
-when its input *is* that convolution's output tensor and no other hooked module ran in between. Fused BatchNorms are
+pairs are found by running the model once on a small example, with module hooks and a ``TorchFunctionMode`` that
+counts the operations reading each convolution output: a BatchNorm is fused into a convolution when its input *is*
+that convolution's output tensor and nothing else reads it. Fused BatchNorms are
 replaced by ``nn.Identity`` (plain BatchNorm2d) or by ``nn.Sequential(drop, act)`` (timm's ``BatchNormAct2d``), so
 the fused model holds no BatchNorm module.
 
@@ -34,6 +35,8 @@ import torch
 from timm.utils import reparameterize_model
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 __all__ = ["find_conv_bn_pairs", "fuse_conv_bn", "has_batch_norm"]
 
@@ -50,38 +53,55 @@ def _fusable_bn(module: nn.Module) -> bool:
     return isinstance(module, nn.BatchNorm2d) and hasattr(module, "act") and hasattr(module, "drop")
 
 
+class _TensorUses(TorchFunctionMode):
+    """Counts, for the tensors in ``watched`` (by identity), the torch calls that read them and return a tensor.
+
+    Shape queries (``x.shape``, ``x.size()``, ``x.ndim``) return no tensor and do not count as uses.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watched: dict[int, Tensor] = {}  # id -> tensor; holding it keeps the id from being reused
+        self.uses: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        result = func(*args, **(kwargs or {}))
+        if any(isinstance(r, Tensor) for r in tree_flatten(result)[0]):
+            for arg in tree_flatten((args, kwargs or {}))[0]:
+                if isinstance(arg, Tensor) and id(arg) in self.watched:
+                    self.uses[id(arg)] += 1
+        return result
+
+
 def find_conv_bn_pairs(model: nn.Module, run: Callable[[nn.Module], object]) -> list[tuple[str, str]]:
-    """``(conv_name, bn_name)`` pairs where the BatchNorm directly consumes the convolution's output.
+    """``(conv_name, bn_name)`` pairs where the BatchNorm is the only reader of the convolution's output.
 
     Args:
         model: the network, in eval mode.
         run: calls ``model`` once (e.g. ``lambda m: m(example)``); a small input is enough.
 
     Returns:
-        Qualified module names as in ``model.named_modules()``, in call order. A module called more than once (a
-        shared convolution) is never paired, since folding would change its other uses.
+        Qualified module names as in ``model.named_modules()``, in call order. A pair is reported only when the
+        BatchNorm's input *is* the convolution's output tensor and no other operation reads that tensor (a residual
+        or an in-place activation in between would), and when both modules ran exactly once (a shared convolution
+        cannot be folded for one of its uses).
     """
     names = {module: name for name, module in model.named_modules()}
     calls: dict[str, int] = {}
-    last: dict[str, object] = {"name": None, "output": None}  # the most recent hooked module and its output
-    candidates: list[tuple[str, str]] = []
+    producer: dict[int, str] = {}  # id of a conv output -> conv name
+    candidates: list[tuple[str, str, int]] = []
+    uses = _TensorUses()
 
     def after_conv(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        name = names[module]
-        calls[name] = calls.get(name, 0) + 1
-        last["name"], last["output"] = name, output
+        calls[names[module]] = calls.get(names[module], 0) + 1
+        uses.watched[id(output)], uses.uses[id(output)] = output, 0
+        producer[id(output)] = names[module]
 
     def before_bn(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        name = names[module]
-        calls[name] = calls.get(name, 0) + 1
-        conv = last["name"]
-        # Identity, not equality: the BN must read exactly the tensor the conv produced, with nothing in between.
-        if conv is not None and inputs and inputs[0] is last["output"] and _fusable_bn(module):
-            candidates.append((str(conv), name))
-        last["name"], last["output"] = None, None
-
-    def between(module: nn.Module, inputs: tuple[Tensor, ...], output: object) -> None:
-        last["name"], last["output"] = None, None  # any other leaf ran: the conv output may have another consumer
+        calls[names[module]] = calls.get(names[module], 0) + 1
+        key = id(inputs[0]) if inputs else None
+        if key in producer and uses.watched[key] is inputs[0] and _fusable_bn(module):
+            candidates.append((producer[key], names[module], key))
 
     handles = []
     for module in model.modules():
@@ -89,16 +109,16 @@ def find_conv_bn_pairs(model: nn.Module, run: Callable[[nn.Module], object]) -> 
             handles.append(module.register_forward_hook(after_conv))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm):
             handles.append(module.register_forward_pre_hook(before_bn))
-        elif not list(module.children()):
-            handles.append(module.register_forward_hook(between))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), uses:
             run(model)
     finally:
         for handle in handles:
             handle.remove()
-        last.clear()
-    return [(c, b) for c, b in candidates if calls[c] == 1 and calls[b] == 1]
+    # One use: the BatchNorm's own batch_norm call.
+    pairs = [(c, b) for c, b, key in candidates if uses.uses[key] == 1 and calls[c] == 1 and calls[b] == 1]
+    uses.watched.clear()
+    return pairs
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
