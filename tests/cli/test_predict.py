@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from d3epth.inference import load_predictor, read_image
+from d3epth.inference.acceleration import accelerate_predictor
 from tests.tool_loader import load_tool
 
 predict = load_tool("predict")
@@ -69,8 +70,10 @@ def test_writes_all_outputs_at_the_input_sizes(tmp_path: Path, checkpoint: Path,
 def test_png16_round_trips_to_the_prediction(tmp_path: Path, checkpoint: Path, images: Path) -> None:
     out = tmp_path / "out"
     assert run([str(images / "rgb.png"), "--model", str(checkpoint), "--out", str(out), "--npy"]) == 0
+    predictor = load_predictor(checkpoint)
+    accelerate_predictor(predictor, "fp32")  # the tool's inference form (fused: equal to ~1e-6, tested elsewhere)
     with Image.open(images / "rgb.png") as image:
-        depth = load_predictor(checkpoint).predict(as_input(np.asarray(image)))[0, 0].double().numpy()
+        depth = predictor.predict(as_input(np.asarray(image)))[0, 0].double().numpy()
     expected = (depth - depth.min()) / (depth.max() - depth.min())  # per-image min-max normalisation
     png = read_png16(out / "depth_bw" / "rgb_pred.png")
     assert np.abs(png - expected).max() <= 1 / 65535
