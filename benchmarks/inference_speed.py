@@ -3,7 +3,8 @@
 Prints, in one process with the same threads:
 
 (a) the machine's peak: a compute-bound oneDNN 3x3 convolution (``--peak-shape``, default 4x256x56x56 -> 256
-    channels), channels_last, in fp32 and bf16, FLOPs counted by ``torch.utils.flop_counter`` (2 per multiply-add);
+    channels), channels_last, in fp32 and bf16, FLOPs counted by ``torch.utils.flop_counter`` (2 per multiply-add),
+    timed as two more arms in the same alternating rounds as the student (a shared machine's load hits both alike);
 (b) the default student (``d3epth.models.student.DEFAULT_BACKBONE``, light head) at 480x640: ms/image as the tools
     ran it before (fp32, NCHW, eager, unfused) and as they run it now (:func:`~d3epth.inference.acceleration.
     prepare_for_inference`: fused, channels_last, fp32 and bf16), eager / ``torch.compile(dynamic=True)`` /
@@ -48,8 +49,11 @@ from d3epth.models.student import DEFAULT_BACKBONE, TINY_BACKBONE, DepthStudent
 RESULTS = Path(__file__).resolve().parent / "results" / "inference_speed"
 
 
-def measure_peak(dtype: torch.dtype, shape: Sequence[int], rounds: int) -> dict[str, float]:
-    """Best GFLOP/s of a ``[B,C,H,W]`` C->C 3x3 convolution (padding 1, channels_last) in ``dtype``."""
+def peak_conv(dtype: torch.dtype, shape: Sequence[int]) -> tuple[float, Callable[[], object]]:
+    """FLOPs and a call of a compute-bound ``[B,C,H,W]`` C->C 3x3 convolution (padding 1, channels_last) in ``dtype``.
+
+    Timed as one more arm beside the student (:func:`time_arms`), so that peak and student see the same load.
+    """
     batch, channels, height, width = shape
     x = torch.randn(batch, channels, height, width).to(dtype).contiguous(memory_format=torch.channels_last)
     w = torch.randn(channels, channels, 3, 3).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -57,10 +61,7 @@ def measure_peak(dtype: torch.dtype, shape: Sequence[int], rounds: int) -> dict[
     def run() -> object:
         return F.conv2d(x, w, padding=1)
 
-    flops = count_flops(run)
-    with torch.inference_mode():
-        times = [_seconds(run) for _ in range(rounds + 1)][1:]  # the first call sets oneDNN's kernel up
-    return {"gflop": flops / 1e9, "best_ms": min(times) * 1e3, "gflops_per_s": flops / min(times) / 1e9}
+    return count_flops(run), run
 
 
 def _seconds(fn: Callable[[], object]) -> float:
@@ -78,6 +79,14 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
     for precision in ("fp32", "bf16"):
         eager = prepare_for_inference(copy.deepcopy(model), precision)
         arms[f"eager {precision} fused channels_last"] = lambda m=eager: m(image)
+    # bf16 by autocast (weights re-cast at every call) instead of a converted model: why the tools convert.
+    fp32 = prepare_for_inference(copy.deepcopy(model), "fp32")
+
+    def autocast() -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fp32(image)
+
+    arms["eager bf16 autocast fused channels_last"] = autocast
     if not args.no_compile:
         for precision in ("fp32", "bf16"):
             compiled = prepare_for_inference(copy.deepcopy(model), precision, compile=True)
@@ -86,6 +95,7 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
                 other = torch.rand(1, 3, size[0] - 2 * args.multiple, size[1] - args.multiple) * 2 - 1
                 new_size = _seconds(lambda m=compiled, x=other: m(x))
             args.setup[f"compile {precision}"] = {"first_call_s": first, "first_call_at_new_size_s": new_size}
+            print(f"torch.compile {precision}: first call {first:.1f} s, first call at a new size {new_size:.1f} s")
             arms[f"compile {precision} fused channels_last"] = lambda m=compiled: m(image)
     if not args.no_ort:
         arms["onnxruntime fp32 fused"] = _ort_arm(model, image, args)
@@ -110,6 +120,7 @@ def _ort_arm(model: nn.Module, image: torch.Tensor, args: argparse.Namespace) ->
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     args.setup["onnxruntime fp32"] = {"export_and_session_s": time.perf_counter() - start}
+    print(f"onnxruntime fp32: export + session {args.setup['onnxruntime fp32']['export_and_session_s']:.1f} s")
     feed = {"image": image.numpy()}
     return lambda: session.run(["depth"], feed)
 
@@ -216,15 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(hardware)
     results: dict[str, object] = {"hardware": hardware, "args": {k: str(v) for k, v in vars(args).items()}}
 
-    peaks = {}
+    peak_flops, peak_arms = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peaks[name] = measure_peak(dtype, args.peak_shape, max(args.rounds, 3))
-        print(
-            f"peak {name}: 3x3 conv {'x'.join(map(str, args.peak_shape))} -> {args.peak_shape[1]} ch, "
-            f"{peaks[name]['gflop']:.2f} GFLOP in {peaks[name]['best_ms']:.2f} ms = "
-            f"{peaks[name]['gflops_per_s']:.0f} GFLOP/s"
-        )
-    results["peak"] = peaks
+        peak_flops[name], peak_arms[f"peak conv {name}"] = peak_conv(dtype, args.peak_shape)
 
     student = DepthStudent(args.backbone, heads=("depth",), decoder_channels=args.decoder_channels)
     model = StudentDepthModel(student).eval()
@@ -234,7 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     gflop = count_flops(lambda: model(image)) / 1e9
     args.setup = {}
     arms = build_arms(model, size, args)
-    times = time_arms(arms, args.warmup, args.rounds)
+    times = time_arms({**peak_arms, **arms}, args.warmup, args.rounds)
+    peaks = {}
+    for name, flops in peak_flops.items():
+        best = min(times.pop(f"peak conv {name}"))
+        peaks[name] = {"gflop": flops / 1e9, "best_ms": best, "gflops_per_s": flops / 1e6 / best}
+        print(
+            f"peak {name}: 3x3 conv {'x'.join(map(str, args.peak_shape))} -> {args.peak_shape[1]} ch, channels_last, "
+            f"{flops / 1e9:.3g} GFLOP in {best:.2f} ms (best of {args.rounds}) = "
+            f"{peaks[name]['gflops_per_s']:.0f} GFLOP/s"
+        )
+    results["peak"] = peaks
     print(f"\n{args.backbone} + light head ({args.decoder_channels} ch), 1x3x{size[0]}x{size[1]}, {gflop:.1f} GFLOP")
     print(f"{'arm':<40} {'best ms':>8} {'median ms':>9} {'vs before':>9} {'GFLOP/s':>8} {'% of peak':>9}")
     rows = {}
@@ -247,10 +262,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[name] = {"best_ms": best, "median_ms": median, "times_ms": values, "gflops_per_s": achieved}
         rows[name].update(peak_share=share, speedup_vs_before=baseline / median, precision=precision)
         print(f"{name:<40} {best:>8.1f} {median:>9.1f} {baseline / median:>8.2f}x {achieved:>8.0f} {share:>8.0%}")
-    for name, cost in args.setup.items():
-        print(f"set-up {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in cost.items()))
     results["student"] = {"backbone": args.backbone, "size": list(size), "gflop": gflop, "arms": rows}
     results["setup"] = args.setup
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")  # again, complete, at the end
 
     default = "eager bf16 fused channels_last"
     ops = top_ops(arms[default], 8)

@@ -30,6 +30,7 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
         "before: fp32 NCHW eager unfused",
         "eager fp32 fused channels_last",
         "eager bf16 fused channels_last",
+        "eager bf16 autocast fused channels_last",
     }
     for arm in arms.values():
         assert len(arm["times_ms"]) == 2 and arm["peak_share"] > 0
