@@ -88,3 +88,11 @@ def test_exported_student_round_trip_loads_and_matches_in_inference_form(tmp_pat
     assert accelerate_predictor(predictor, "fp32") == torch.float32
     assert isinstance(predictor.model, acceleration.InferenceModel) and not has_batch_norm(predictor)
     torch.testing.assert_close(predictor.predict(image), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_uses_dynamic_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One graph for every image size (a new size must not recompile); torch.compile itself is not run here."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    model = prepare_for_inference(tiny_model(), "fp32", compile=True)
+    assert calls == [{"dynamic": True}] and model.size_multiple == 32
