@@ -33,7 +33,7 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
         "eager bf16 autocast fused channels_last",
     }
     for arm in arms.values():
-        assert len(arm["times_ms"]) == 2 and arm["peak_share"] > 0
+        assert len(arm["times_ms"]) == 2 and arm["peak_share"] > 0 and arm["peak_share_per_round"] > 0
     assert results["top_ops"] and results["top_ops"][0]["self_ms"] > 0
     (accuracy,) = results["accuracy"].values()
     assert accuracy["images"] == 2 and 0 <= accuracy["median_rel_error"] <= accuracy["max_rel_error"] < 1
