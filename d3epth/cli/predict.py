@@ -3,7 +3,8 @@
 Usage::
 
     python tools/predict.py INPUT [INPUT ...] --model SOURCE --out DIR [--batch-size 4] [--processing-resolution N]
-                            [--device auto|cpu|cuda[:i]] [--precision fp32|bf16|fp16] [--npy] [--skip-errors]
+                            [--device auto|cpu|cuda[:i]] [--precision auto|fp32|bf16|fp16] [--compile] [--npy]
+                            [--skip-errors]
 
 INPUT: image files, folders (images directly inside; ``--recursive`` for sub-folders, whose structure is mirrored)
 or glob patterns (quote them: ``'photos/**/*.jpg'``). Any size and mode: RGBA / LA / palette transparency is dropped,
@@ -31,12 +32,16 @@ Every output has the input image's size. Images are batched (``--batch-size``) w
 processing size; otherwise they run one by one. Exit code: 0, 1 if an image could not be read (first one fails the
 run unless ``--skip-errors``, which warns and goes on), 2 for bad arguments, missing inputs or an unloadable model.
 Reading and writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
+
+Speed: students run in their inference form (:mod:`d3epth.inference.acceleration`): BatchNorms folded into their
+convolutions, channels_last, and by default (``--precision auto``) bf16 autocast where the CPU (AVX512-BF16 / AMX) or
+GPU supports bf16 natively, else fp32. Eager PyTorch is the default; ``--compile`` (``torch.compile``, dynamic
+shapes) is an option (see the README, "Inference speed", for the measurements behind both choices).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -44,7 +49,8 @@ import torch
 
 from d3epth.cli.common import fail, one_line_errors
 
-_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``--precision`` choices (:data:`d3epth.inference.acceleration.PRECISIONS`, not imported: it pulls in torch models).
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     parser.add_argument(
-        "--precision", choices=sorted(_PRECISIONS), default="fp32", help="autocast dtype for the model (default fp32)"
+        "--precision",
+        choices=_PRECISIONS,
+        default="auto",
+        help="autocast dtype of the model; auto (default) = bf16 where the device computes bf16 natively (CPU: "
+        "AVX512-BF16 or AMX; CUDA: compute capability 8.0+), else fp32; fp16 only when asked",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="students: run through torch.compile (dynamic shapes; the first image pays tens of seconds of "
+        "compilation, worth it for long runs only)",
     )
     parser.add_argument("--num-steps", type=int, default=1, help="diffusion models: DDIM steps (default 1, E2E-FT)")
     parser.add_argument("--ensemble-size", type=int, default=1, help="diffusion models: ensemble members per image")
@@ -149,6 +165,7 @@ def main(argv: list[str]) -> int:
     from tqdm import tqdm  # heavy: with d3epth.inference, imported after parsing (see d3epth.cli)
 
     from d3epth.inference import ImageFiles, collect_inputs, load_predictor, same_size_batches, write_outputs
+    from d3epth.inference.acceleration import accelerate_predictor
 
     if args.batch_size < 1:
         return fail(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -172,6 +189,7 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         teacher=args.teacher,
     )
+    accelerate_predictor(predictor, args.precision, compile=args.compile)
     out = Path(args.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -184,7 +202,6 @@ def main(argv: list[str]) -> int:
         shuffle=False,
         num_workers=max(args.num_workers, 0),
     )
-    dtype = _PRECISIONS[args.precision]
     failures: list[str] = []
     progress = tqdm(total=len(images), unit="img", desc=predictor.name, disable=args.quiet, file=sys.stderr)
     try:
@@ -199,9 +216,7 @@ def main(argv: list[str]) -> int:
             if not decoded:
                 continue
             batch = torch.stack([item.image for item in decoded]).to(device)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-            with autocast:
-                depth = predictor.predict(batch, processing_resolution=0).float()
+            depth = predictor.predict(batch, processing_resolution=0).float()
             for index, item, prediction in zip(indices, decoded, depth, strict=True):
                 name = images[index].name
                 write_outputs(out, name, prediction[0], args.npy, not args.no_color, args.color_map, item.size)

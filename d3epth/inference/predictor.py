@@ -192,6 +192,8 @@ class TeacherDepthPredictor(DepthPredictor):
         self.ensemble_size = ensemble_size
         self.seed = seed
         self.batch_size = batch_size
+        #: autocast dtype of the UNet / VAE calls (float32: none); set by ``accelerate_predictor``.
+        self.autocast_dtype = torch.float32
 
     def size_rule(self, resolution: int | None) -> SizeRule | None:
         """Marigold's sizing (:func:`max_edge_size`): the teacher pads to its multiple itself."""
@@ -205,15 +207,17 @@ class TeacherDepthPredictor(DepthPredictor):
         resolution = self.processing_resolution if processing_resolution is None else processing_resolution
         gaussian = self.ensemble_size > 1
         generator = torch.Generator("cpu").manual_seed(self.seed) if gaussian else None
-        prediction = self.teacher.predict_depth(
-            image.to(self.device),
-            num_steps=self.num_steps,
-            ensemble_size=self.ensemble_size,
-            processing_resolution=resolution or None,
-            batch_size=self.batch_size,
-            generator=generator,
-            init_noise="gaussian" if gaussian else "zeros",
-        )
+        low = self.autocast_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=low):
+            prediction = self.teacher.predict_depth(
+                image.to(self.device),
+                num_steps=self.num_steps,
+                ensemble_size=self.ensemble_size,
+                processing_resolution=resolution or None,
+                batch_size=self.batch_size,
+                generator=generator,
+                init_noise="gaussian" if gaussian else "zeros",
+            )
         return prediction.depth.float()
 
 

@@ -22,6 +22,7 @@ The export steps themselves are here too, so that ``tools/export.py`` only parse
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import warnings
@@ -36,6 +37,7 @@ from torch import nn
 
 from d3epth import __version__
 from d3epth.models.depth_model import StudentDepthModel
+from d3epth.models.fusion import fuse_conv_bn
 from d3epth.models.student import DepthStudent
 
 if TYPE_CHECKING:
@@ -369,20 +371,29 @@ def export_student_onnx(
     Returns:
         The file, the traced size, the check sizes and the parity result. The check runs at sizes other than the
         traced one: an exact multiple (no padding), an odd size, and batch 2.
+
+    The graph is of the inference form of the network: a copy with its BatchNorms folded into their convolutions
+    (:func:`~d3epth.models.fusion.fuse_conv_bn`), so onnxruntime runs the same convolutions as ``tools/predict.py``;
+    the parity check compares it with the *unfused* ``model``, so it covers the fusion too. (ONNX has no memory
+    format: onnxruntime's CPU provider picks its own blocked layout for the convolutions.)
     """
     directory = Path(directory)
     multiple = model.size_multiple
     size = (int(size[0]), int(size[1])) if size else (2 * multiple + 5, 3 * multiple + 7)
     path = directory / ONNX_FILE
-    export_onnx(model.eval(), path, size, opset)
+    fused = copy.deepcopy(model).eval()
+    example = torch.zeros(1, 3, 2 * multiple, 2 * multiple, device=next(model.parameters()).device)
+    pairs = fuse_conv_bn(fused, lambda m: m(example))
+    export_onnx(fused, path, size, opset)
     check_sizes = [(1, 2 * multiple, 3 * multiple), (2, multiple + 3, 2 * multiple + 11)]
-    diff, tolerance = check_onnx(model, path, check_sizes)
+    diff, tolerance = check_onnx(model.eval(), path, check_sizes)
     config_path = directory / CONFIG_FILE
     config = json.loads(config_path.read_text())
     config["onnx"] = {
         "file": ONNX_FILE,
         "opset": opset,
         "dynamic_axes": ["batch", "height", "width"],
+        "conv_bn_fused": len(pairs),
         "check": {"sizes": [list(s) for s in check_sizes], "max_abs_diff": diff, "tolerance": tolerance},
     }
     config_path.write_text(json.dumps(config, indent=2) + "\n")

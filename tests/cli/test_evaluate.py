@@ -294,3 +294,15 @@ def test_eth3d_and_diode_use_marigold_processing_resolutions(
     seen.clear()
     assert cli.main([str(tiny["untrained"]), *args, "--processing-resolution", "0", "--out", str(tmp_path / "p")]) == 0
     assert seen == [0, 0, 0, 0, 0]
+
+
+def test_precision_is_recorded_and_bf16_stays_close_to_fp32(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """fp32 is the default (published numbers do not depend on the CPU); bf16 moves AbsRel only slightly."""
+    rows = {}
+    for precision in (None, "bf16"):
+        out = tmp_path / str(precision)
+        extra = ["--precision", precision] if precision else []
+        assert run([str(tiny["trained"]), "--benchmark", "nyu", "--nyu-root", str(tiny["nyu"]), *extra], out) == 0
+        rows[precision] = read_results(out)[0][0]
+    assert rows[None]["precision"] == "fp32" and rows["bf16"]["precision"] == "bf16"
+    assert rows["bf16"]["abs_rel"] == pytest.approx(rows[None]["abs_rel"], abs=0.01)

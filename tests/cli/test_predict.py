@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from d3epth.inference import load_predictor, read_image
+from d3epth.inference.acceleration import accelerate_predictor
 from tests.tool_loader import load_tool
 
 predict = load_tool("predict")
@@ -47,7 +48,10 @@ def read_png16(path: Path) -> np.ndarray:
 
 
 def run(args: list[str]) -> int:
-    return predict.main([*args, "--num-workers", "0", "--quiet"])
+    # The file-format tests compare with an fp32 reference, so they pin fp32 (the default, auto, is bf16 on CPUs with
+    # native bf16); the precision tests below pass --precision themselves.
+    precision = [] if "--precision" in args else ["--precision", "fp32"]
+    return predict.main([*args, *precision, "--num-workers", "0", "--quiet"])
 
 
 def test_writes_all_outputs_at_the_input_sizes(tmp_path: Path, checkpoint: Path, images: Path) -> None:
@@ -66,8 +70,10 @@ def test_writes_all_outputs_at_the_input_sizes(tmp_path: Path, checkpoint: Path,
 def test_png16_round_trips_to_the_prediction(tmp_path: Path, checkpoint: Path, images: Path) -> None:
     out = tmp_path / "out"
     assert run([str(images / "rgb.png"), "--model", str(checkpoint), "--out", str(out), "--npy"]) == 0
+    predictor = load_predictor(checkpoint)
+    accelerate_predictor(predictor, "fp32")  # the tool's inference form (fused: equal to ~1e-6, tested elsewhere)
     with Image.open(images / "rgb.png") as image:
-        depth = load_predictor(checkpoint).predict(as_input(np.asarray(image)))[0, 0].double().numpy()
+        depth = predictor.predict(as_input(np.asarray(image)))[0, 0].double().numpy()
     expected = (depth - depth.min()) / (depth.max() - depth.min())  # per-image min-max normalisation
     png = read_png16(out / "depth_bw" / "rgb_pred.png")
     assert np.abs(png - expected).max() <= 1 / 65535
@@ -171,3 +177,38 @@ def test_non_finite_float_image_is_refused(
         err[0],
     )
     assert not (out / "depth_bw" / "bad_pred.png").exists()
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_precision_auto_follows_the_device(
+    tmp_path: Path, checkpoint: Path, images: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
+    """auto = bf16 autocast where the CPU has native bf16, else exactly the fp32 result."""
+    from d3epth.inference import acceleration
+
+    monkeypatch.setattr(acceleration, "bf16_supported", lambda device: native_bf16)
+    seen: list[torch.dtype] = []
+    monkeypatch.setattr(acceleration.InferenceModel, "forward", _recording_forward(seen))
+    out = {name: tmp_path / name for name in ("auto", "fp32")}
+    for name, folder in out.items():
+        args = [str(images / "rgb.png"), "--model", str(checkpoint), "--out", str(folder), "--npy"]
+        assert run([*args, "--precision", name]) == 0
+    assert seen[0] == (torch.bfloat16 if native_bf16 else torch.float32) and seen[-1] == torch.float32
+    auto, fp32 = (np.load(folder / "depth_npy" / "rgb_pred.npy") for folder in out.values())
+    if native_bf16:  # bf16 keeps 8 bits of mantissa: close to fp32, not equal
+        assert np.abs(auto - fp32).max() < 0.05 and not np.array_equal(auto, fp32)
+    else:
+        np.testing.assert_array_equal(auto, fp32)
+
+
+def _recording_forward(seen: list[torch.dtype]):
+    """InferenceModel.forward that records the autocast dtype it runs with."""
+    from d3epth.inference.acceleration import InferenceModel
+
+    original = InferenceModel.forward
+
+    def forward(self: InferenceModel, image: torch.Tensor) -> torch.Tensor:
+        seen.append(self.dtype)
+        return original(self, image)
+
+    return forward

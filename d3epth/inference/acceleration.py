@@ -1,0 +1,175 @@
+"""Preparing a model for fast inference: conv + BatchNorm fusion, channels_last, a precision, optional compile.
+
+The one place where ``tools/predict.py``, ``tools/evaluate.py``, the exported model's ONNX graph and
+``benchmarks/inference_speed.py`` get their inference form of a student::
+
+    model = prepare_for_inference(load_student("exported/student"), precision="auto")
+    depth = model(image)  # float32 [B,1,H,W]
+
+Measured on a 2-core AMD EPYC with AVX-512 BF16 (``benchmarks/inference_speed.py``, README "Inference speed"):
+channels_last lets oneDNN pick its blocked convolution kernels without a layout reorder before every convolution,
+and bf16 roughly halves the time again on CPUs with native bf16 dot products (AVX512-BF16 or AMX) and on
+GPUs with bf16 tensor cores. Where the hardware has no native bf16, ``auto`` stays fp32: emulated bf16 is slower.
+fp16 is never chosen by ``auto`` (its narrower range can overflow); ask for it on GPUs without bf16.
+
+Precision names: ``auto`` (bf16 where :func:`bf16_supported`, else fp32), ``fp32``, ``bf16``, ``fp16``. A student
+in a reduced precision is *converted* (weights and input in bf16 / fp16; PyTorch's CPU norm kernels still accumulate
+in fp32) rather than run under :func:`torch.autocast`, which re-casts every weight at every call and keeps the fp32
+weights: the converted model holds half the memory and was as fast or faster in the measurements (5 % faster at the
+median in the README's run, 1.25x at best-of in a more loaded one, 3 % slower at best-of in the README's run). The
+depth map is returned in fp32. (Diffusion teachers use autocast, :func:`accelerate_predictor`.)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from d3epth.inference.predictor import DepthPredictor, ModuleDepthPredictor, TeacherDepthPredictor
+from d3epth.models.fusion import fuse_conv_bn
+
+__all__ = [
+    "PRECISIONS",
+    "InferenceModel",
+    "accelerate_predictor",
+    "bf16_supported",
+    "prepare_for_inference",
+    "resolve_precision",
+]
+
+#: Accepted ``--precision`` values.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bf16_supported(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bf16 natively (so bf16 is faster, not emulated).
+
+    CPU: AVX512-BF16 or AMX tiles (what oneDNN's bf16 convolutions use); CUDA: ``torch.cuda.is_bf16_supported()``
+    (compute capability 8.0+). Other devices: ``False``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
+    """The compute dtype for a precision name on ``device``.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
+    if precision not in _DTYPES:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return _DTYPES[precision]
+
+
+class InferenceModel(nn.Module):
+    """An image → depth network run in the inference memory format and precision.
+
+    Args:
+        model: the (prepared) network, image ``[B,3,H,W]`` → depth ``[B,1,H,W]``, its weights already in ``dtype``.
+        dtype: the network's floating-point dtype; the input is cast to it.
+        channels_last: convert the input to channels_last (NHWC in memory) before the network.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.float32, channels_last: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.channels_last = channels_last
+        # A compiled module hides the attributes of the one it wraps; read them before (getattr: plain modules too).
+        self.size_multiple = int(getattr(getattr(model, "_orig_mod", model), "size_multiple", 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        """Depth for RGB images.
+
+        Args:
+            image: ``[B,3,H,W]`` in [−1, 1], on the model's device.
+
+        Returns:
+            float32 ``[B,1,H,W]``, contiguous (NCHW).
+        """
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        depth = self.model(image.to(self.dtype).contiguous(memory_format=memory_format))
+        return depth.float().contiguous()
+
+    def extra_repr(self) -> str:
+        """Show the precision and layout in ``print(model)``."""
+        return f"dtype={self.dtype}, channels_last={self.channels_last}"
+
+
+def prepare_for_inference(
+    model: nn.Module,
+    precision: str | torch.dtype = "fp32",
+    *,
+    fuse: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,
+) -> InferenceModel:
+    """Eval mode, conv + BatchNorm fusion, channels_last weights, a dtype and optionally ``torch.compile``.
+
+    ``model`` is changed in place (fused modules, weight layout): pass a copy to keep the original trainable.
+
+    Args:
+        model: an image → depth network such as :class:`~d3epth.models.depth_model.StudentDepthModel`, on its
+            device.
+        precision: a name of :data:`PRECISIONS` (resolved for the model's device) or a dtype; the weights are
+            converted to it after fusion (which runs in fp32).
+        fuse: fold BatchNorms into their convolutions (:func:`~d3epth.models.fusion.fuse_conv_bn`), found by running
+            the model once on a small ``1x3x(2m)x(2m)`` image, ``m`` its ``size_multiple``.
+        channels_last: store 4-D weights and feed inputs as channels_last.
+        compile: wrap the network in ``torch.compile(dynamic=True)``: one graph for every input size, so a new
+            image size does not recompile; the first call pays the compilation (tens of seconds on a CPU).
+
+    Returns:
+        The :class:`InferenceModel`, in eval mode.
+    """
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = resolve_precision(precision, device) if isinstance(precision, str) else precision
+    if fuse:
+        side = 2 * int(getattr(model, "size_multiple", 32))
+        example = torch.zeros(1, 3, side, side, device=device)
+        fuse_conv_bn(model, lambda m: m(example))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(dtype)
+    if compile:
+        model = torch.compile(model, dynamic=True)
+    return InferenceModel(model, dtype, channels_last).eval()
+
+
+def accelerate_predictor(
+    predictor: DepthPredictor,
+    precision: str = "auto",
+    *,
+    fuse: bool = True,
+    channels_last: bool = True,
+    compile: bool = False,
+) -> torch.dtype:
+    """Switch a loaded predictor to its inference form, in place; returns the dtype chosen.
+
+    Students (:class:`ModuleDepthPredictor`) get :func:`prepare_for_inference`. Diffusion teachers get the precision
+    only: their UNet and VAE have no BatchNorm to fuse, and the teacher's own padding and resizing stay as they are.
+
+    Args:
+        predictor: from :func:`~d3epth.inference.load_predictor`.
+        precision: a name of :data:`PRECISIONS`, resolved for the predictor's device.
+        fuse: students: conv + BatchNorm fusion.
+        channels_last: students: channels_last weights and inputs.
+        compile: students: ``torch.compile(dynamic=True)``.
+    """
+    dtype = resolve_precision(precision, predictor.device)
+    if isinstance(predictor, ModuleDepthPredictor):
+        predictor.model = prepare_for_inference(
+            predictor.model, dtype, fuse=fuse, channels_last=channels_last, compile=compile
+        )
+    elif isinstance(predictor, TeacherDepthPredictor):
+        predictor.autocast_dtype = dtype
+    return dtype

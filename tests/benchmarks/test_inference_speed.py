@@ -1,0 +1,40 @@
+"""benchmarks/inference_speed.py --quick: every section runs and results.json holds what the README quotes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.data import write_nyu
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: it imports student_speed
+    spec = importlib.util.spec_from_file_location("inference_speed", BENCHMARKS / "inference_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    write_nyu(tmp_path / "data" / "nyuv2", n=2, size=(48, 64))
+    out = tmp_path / "out"
+    assert module.main(["--quick", "--no-ort", "--data", str(tmp_path / "data"), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["peak"]) == {"fp32", "bf16"} and results["peak"]["fp32"]["gflops_per_s"] > 0
+    arms = results["student"]["arms"]
+    assert set(arms) == {
+        "before: fp32 NCHW eager unfused",
+        "eager fp32 fused channels_last",
+        "eager bf16 fused channels_last",
+        "eager bf16 autocast fused channels_last",
+    }
+    for arm in arms.values():
+        assert len(arm["times_ms"]) == 2 and arm["peak_share"] > 0 and arm["peak_share_per_round"] > 0
+    assert results["top_ops"] and results["top_ops"][0]["self_ms"] > 0
+    (accuracy,) = results["accuracy"].values()
+    assert accuracy["images"] == 2 and 0 <= accuracy["median_rel_error"] <= accuracy["max_rel_error"] < 1
+    assert accuracy["abs_rel_change"] == pytest.approx(accuracy["abs_rel_bf16"] - accuracy["abs_rel_fp32"])

@@ -1,0 +1,98 @@
+"""Inference form of a model (d3epth.inference.acceleration): precision resolution, channels_last, exported models."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from d3epth.inference import acceleration, load_predictor
+from d3epth.inference.acceleration import accelerate_predictor, prepare_for_inference, resolve_precision
+from d3epth.models.depth_model import StudentDepthModel
+from d3epth.models.export import load_student, save_student
+from d3epth.models.fusion import has_batch_norm
+from d3epth.models.student import DepthStudent
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")]
+)
+def test_auto_on_cpu_follows_the_capability_probe(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert resolve_precision("auto", "cpu") == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+    # Explicit names are honoured whatever the hardware.
+    assert resolve_precision("fp32", "cpu") == torch.float32
+    assert resolve_precision("bf16", "cpu") == torch.bfloat16
+    assert resolve_precision("fp16", "cpu") == torch.float16
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch: pytest.MonkeyPatch, bf16: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    # fp16 is never chosen by auto: only when asked for.
+    assert resolve_precision("auto", "cuda") == (torch.bfloat16 if bf16 else torch.float32)
+
+
+def test_unknown_precision_is_refused() -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("int8", "cpu")
+
+
+def tiny_model(norm: str = "batch") -> StudentDepthModel:
+    torch.manual_seed(0)
+    model = StudentDepthModel(DepthStudent("test_efficientnet", heads=("depth",), decoder_channels=16, norm=norm))
+    return model.eval()
+
+
+def test_channels_last_path_gives_the_same_outputs() -> None:
+    model = tiny_model()
+    image = torch.rand(2, 3, 45, 70) * 2 - 1  # needs internal padding
+    with torch.no_grad():
+        expected = model(image)
+        prepared = prepare_for_inference(copy.deepcopy(model), "fp32", fuse=False, channels_last=True)
+        output = prepared(image)
+    conv = next(m for m in prepared.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert output.dtype == torch.float32 and output.is_contiguous()
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_runs_convolutions_in_bf16_and_returns_fp32() -> None:
+    model = prepare_for_inference(tiny_model(), "bf16")
+    seen = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    with torch.no_grad():
+        depth = model(torch.rand(1, 3, 64, 64) * 2 - 1)
+    assert seen == [torch.bfloat16] and depth.dtype == torch.float32
+
+
+def test_exported_student_round_trip_loads_and_matches_in_inference_form(tmp_path: Path) -> None:
+    """model.safetensors stays unfused (a plain DepthStudent loads it); the loader side fuses."""
+    model = tiny_model()
+    kwargs = {"backbone": "test_efficientnet", "heads": ["depth"], "decoder_channels": 16, "norm": "batch"}
+    save_student(tmp_path / "exp", model.student, kwargs)
+    loaded = load_student(tmp_path / "exp")
+    assert has_batch_norm(loaded)
+    image = torch.rand(1, 3, 50, 66) * 2 - 1
+    with torch.no_grad():
+        expected = model(image)
+        torch.testing.assert_close(prepare_for_inference(loaded, "fp32")(image), expected, rtol=1e-4, atol=1e-5)
+    predictor = load_predictor(tmp_path / "exp")
+    assert accelerate_predictor(predictor, "fp32") == torch.float32
+    assert isinstance(predictor.model, acceleration.InferenceModel) and not has_batch_norm(predictor)
+    torch.testing.assert_close(predictor.predict(image), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_uses_dynamic_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One graph for every image size (a new size must not recompile); torch.compile itself is not run here."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    model = prepare_for_inference(tiny_model(), "fp32", compile=True)
+    assert calls == [{"dynamic": True}] and model.size_multiple == 32
