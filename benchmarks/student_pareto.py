@@ -328,6 +328,7 @@ def plot(rows: Sequence[dict], fronts: dict, accuracy: str, path: Path, speed_no
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, len(PRECISIONS), figsize=(6.5 * len(PRECISIONS), 5), sharey=True)
     for ax, tag in zip(axes, PRECISIONS, strict=True):
@@ -344,9 +345,13 @@ def plot(rows: Sequence[dict], fronts: dict, accuracy: str, path: Path, speed_no
         )
         ax.axvline(100, color="tab:red", linestyle="--", label="100× the teacher")
         ax.set_xscale("log")
+        ticks = FuncFormatter(lambda value, _: f"{value:g}×")
+        ax.xaxis.set_major_formatter(ticks)
+        ax.xaxis.set_minor_formatter(ticks)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
         ax.set_xlabel(f"measured speed-up over the {speed_note}, {tag}")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(loc="upper right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
         ax.set_title(f"{tag}: blue = narrow decoder, orange = wide", fontsize=9)
     axes[0].set_ylabel(f"{accuracy} (sample test scenes, lower is better)")
     fig.tight_layout()
@@ -370,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per student and precision")
     parser.add_argument("--teacher-repeats", type=int, default=2, help="timed teacher calls per precision")
     parser.add_argument(
-        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.05: 25 + 25 steps)"
+        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.15: 75 + 75 steps)"
     )
     parser.add_argument("--teacher-scale", type=float, default=None, help="x the autoencoder/teacher steps (0.25)")
     parser.add_argument("--seed", type=int, default=0)
@@ -391,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.height = args.height or (64 if quick else 480)
     args.width = args.width or (64 if quick else 640)
     args.rounds = args.rounds or (2 if quick else 5)
-    args.steps_scale = args.steps_scale or (0.004 if quick else 0.05)
+    args.steps_scale = args.steps_scale or (0.004 if quick else 0.15)
     args.teacher_scale = args.teacher_scale or (0.003 if quick else 0.25)
     args.teacher = "tiny" if quick else "sd2"
     out = args.out.resolve()
