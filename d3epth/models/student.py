@@ -4,8 +4,9 @@ D³epth (ACML 2025) distils a diffusion depth teacher (Marigold / E2E-FT) into a
 stages: stage 1 matches the teacher's depth latent (and optionally UNet features), stage 2 refines depth in pixel
 space. The paper does not publish the student architecture; this one is an assumption documented here:
 
-* backbone: any timm model with ``features_only=True``; the default ``convnext_tiny`` (28M parameters) is a standard
-  dense-prediction backbone with a clean 4-level pyramid (strides 4-32) that runs fast on GPUs; ``test_*`` timm
+* backbone: any timm model with ``features_only=True``; the default ``fastvit_t8`` (3.5M parameters with the
+  128-channel decoder, a 4-level pyramid at strides 4-32) is the most accurate student measured at >= 100x the speed of
+  the SD2-shaped one-step teacher on a CPU (benchmarks/student_pareto.py); ``test_*`` timm
   models (e.g. ``test_efficientnet``, 82K parameters) are the tiny CPU/test variants;
 * decoder: :class:`~d3epth.models.decoder.FPNDecoder` (see that module for why FPN rather than DPT);
 * heads: ``latent`` (4 x H/8 x W/8, the teacher VAE's latent grid), ``features`` (1x1 adapters to chosen teacher
@@ -49,8 +50,9 @@ from d3epth.utils.arguments import arguments_dataclass
 
 __all__ = ["DEFAULT_BACKBONE", "HEADS", "LATENT_STRIDE", "TINY_BACKBONE", "DepthStudent", "StudentConfig"]
 
-#: Backbone of the paper-scale configs.
-DEFAULT_BACKBONE = "convnext_tiny"
+#: Backbone of the paper-scale configs: the most accurate student at >= 100x the SD2-shaped teacher
+#: (benchmarks/student_pareto.py; benchmarks/results/student_pareto/student_pareto.md).
+DEFAULT_BACKBONE = "fastvit_t8"
 #: Tiny backbone for tests and CPU sample runs.
 TINY_BACKBONE = "test_efficientnet"
 #: The heads a student can build.
