@@ -223,3 +223,14 @@ def test_failed_data_generation_exits_1(
     assert load_tool("quickstart").main(argv) == 1  # through tools/quickstart.py, the README's command
     assert "generating the sample data failed" in capsys.readouterr().err
     assert not (tmp_path / "logs").exists()  # no stage started
+
+
+def test_threads_default_to_one_for_the_chain_and_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    monkeypatch.setattr(quickstart, "run_chain", lambda args: seen.append(torch.get_num_threads()) or 0)
+    before = torch.get_num_threads()
+    assert quickstart.main([]) == 0
+    assert quickstart.main(["--threads", "0"]) == 0  # 0: torch's own setting
+    assert seen == [1, before]
+    assert torch.get_num_threads() == before  # an in-process caller keeps its setting
+    assert quickstart.main(["--threads", "-1"]) == 2
