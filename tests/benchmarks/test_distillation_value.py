@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helpers.data import write_hypersim
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "distillation_value.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("distillation_value", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from tests.tool_loader import load_benchmark
 
 
 def train_sets(config: Path) -> dict:
@@ -39,7 +29,7 @@ def frames(dataset) -> set[str]:
 
 
 def test_each_arm_sees_the_samples_it_should(tmp_path: Path) -> None:
-    dv = load_script()
+    dv = load_benchmark("distillation_value")
     data, work = tmp_path / "data", tmp_path / "work"
     work.mkdir()
     write_hypersim(data / "hypersim", counts={"train": 20}, size=(16, 16))
@@ -91,7 +81,7 @@ def test_each_arm_sees_the_samples_it_should(tmp_path: Path) -> None:
 @pytest.mark.timeout(2400)
 def test_quick_run_end_to_end(tmp_path: Path) -> None:
     """The whole --quick experiment on fresh sample data: every arm trained and scored, JSON and plot written."""
-    dv = load_script()
+    dv = load_benchmark("distillation_value")
     assert dv.main(["--quick", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "results.json").read_text())
     cells = {(c["row"], c["arm"]) for c in result["summary"]}

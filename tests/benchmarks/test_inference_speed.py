@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.data import write_nyu
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.tool_loader import BENCHMARKS, load_benchmark
 
 
 def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # as when run as a script: it imports student_speed
-    spec = importlib.util.spec_from_file_location("inference_speed", BENCHMARKS / "inference_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
+    module = load_benchmark("inference_speed")
     write_nyu(tmp_path / "data" / "nyuv2", n=2, size=(48, 64))
     out = tmp_path / "out"
     assert module.main(["--quick", "--no-ort", "--data", str(tmp_path / "data"), "--out", str(out)]) == 0

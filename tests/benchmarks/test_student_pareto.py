@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "student_pareto.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("student_pareto", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from tests.tool_loader import load_benchmark
 
 
 def test_pareto_front_hand_worked() -> None:
-    sp = load_script()
+    sp = load_benchmark("student_pareto")
     # (speed-up, AbsRel): A fastest; B beats C on both axes; D most accurate; E is slower and worse than D;
     # F ties B exactly (the first of a tie is kept); G is slower than B at B's AbsRel (dominated on one axis only).
     points = [(200, 0.30), (150, 0.25), (120, 0.26), (80, 0.20), (50, 0.22), (150, 0.25), (140, 0.25)]
@@ -31,7 +21,7 @@ def test_pareto_front_hand_worked() -> None:
 
 
 def test_best_within_picks_the_most_accurate_fast_enough_row() -> None:
-    sp = load_script()
+    sp = load_benchmark("student_pareto")
     rows = [
         {"student": "a", "speedup_fp32": 200.0, "abs_rel": 0.30},
         {"student": "b", "speedup_fp32": 100.0, "abs_rel": 0.25},  # exactly 100x counts
@@ -42,7 +32,7 @@ def test_best_within_picks_the_most_accurate_fast_enough_row() -> None:
 
 
 def test_quick_writes_table_plot_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sp = load_script()
+    sp = load_benchmark("student_pareto")
     # Accuracy is training (minutes); its own pieces are the sample stages tested elsewhere. Here: hand-set metrics
     # so that the table, the front and the choice can be checked against a known answer.
     abs_rel = {"test_efficientnet/w8": 0.30, "test_efficientnet/w16": 0.20, "test_convnext/w8": 0.25}
@@ -90,7 +80,7 @@ def test_quick_writes_table_plot_and_json(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.slow
 def test_quick_end_to_end_trains_and_scores(tmp_path: Path) -> None:
     """The whole --quick chain, sample data generation and training included (minutes on 2 busy cores)."""
-    sp = load_script()
+    sp = load_benchmark("student_pareto")
     argv = ["--quick", "--out", str(tmp_path / "out"), "--rounds", "1", "--warmup", "0", "--teacher-repeats", "1"]
     assert sp.main(argv) == 0
     result = json.loads((tmp_path / "out" / "results.json").read_text())

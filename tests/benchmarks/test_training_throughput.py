@@ -6,28 +6,16 @@ that the printed figures are consistent with one another.
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
 from d3epth.models.teacher.build import sd2_config
+from tests.tool_loader import BENCHMARKS, load_benchmark
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 CONFIGS = BENCHMARKS.parent / "configs"
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """Import ``benchmarks/<name>.py`` (benchmarks/ is put on ``sys.path`` by the scripts themselves)."""
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_named_teachers_and_students_are_the_configured_ones() -> None:
