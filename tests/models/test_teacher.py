@@ -127,7 +127,9 @@ def test_zero_latent_inference_matches_pipeline(
     ref = run_pipeline(pipeline, image, num_inference_steps=num_steps, processing_resolution=0, latents=latents)
     assert ours.depth.shape == ref.shape == (2, 1, 36, 52) and ours.uncertainty is None
     assert ours.depth.std() > 1e-3  # not a constant map
-    torch.testing.assert_close(ours.depth, ref, atol=1e-5, rtol=0)
+    # Depth is min-max normalised to [0, 1]. Two fp32 steps through UNet + VAE, summed in a thread-dependent order,
+    # differed by 1.04e-5 at one pixel on 2 busy cores (CI), so the bound is 1e-4 of the depth range.
+    torch.testing.assert_close(ours.depth, ref, atol=1e-4, rtol=0)
 
 
 def test_resized_gaussian_inference_matches_pipeline(
