@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -19,7 +20,7 @@ from d3epth.metrics import DepthMetrics
 from tests.helpers import REPO
 from tests.tool_loader import load_tool
 
-SCALE = 0.002  # 800/1000/500 default steps -> 1 or 2 steps per stage
+SCALE = 0.002  # 150-400 default steps -> 1 step per stage
 make_sample_data = load_tool("make_sample_data")
 
 #: Very small sample data: enough Hypersim frames pass the filter for one training batch of 4; one frame per
@@ -234,3 +235,16 @@ def test_threads_default_to_one_for_the_chain_and_are_restored(monkeypatch: pyte
     assert seen == [1, before]
     assert torch.get_num_threads() == before  # an in-process caller keeps its setting
     assert quickstart.main(["--threads", "-1"]) == 2
+
+
+def test_sample_autoencoder_trains_on_windows_and_validates_on_whole_frames(data: Path) -> None:
+    # configs/sample/autoencoder.yaml cuts random 48x64 windows (a quarter of the 96x128 Hypersim frames, and of the
+    # 64x208 VKITTI ones) for training only; validation scores whole frames.
+    config = REPO / "configs" / "sample" / "autoencoder.yaml"
+    datamodule = build_cli(["--config", str(config)], parse_only=True).build_datamodule()
+    datamodule.setup("fit")
+    shapes = {tuple(batch["image"].shape[-2:]) for batch in itertools.islice(datamodule.train_dataloader(), 6)}
+    assert shapes == {(48, 64)}
+    val = datamodule.val_dataloader()
+    val = val[0] if isinstance(val, list | tuple) else val
+    assert tuple(next(iter(val))["image"].shape[-2:]) == (96, 128)
