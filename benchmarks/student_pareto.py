@@ -376,9 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per student and precision")
     parser.add_argument("--teacher-repeats", type=int, default=2, help="timed teacher calls per precision")
     parser.add_argument(
-        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.15: 75 + 75 steps)"
+        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.375: 75 + 75 steps)"
     )
-    parser.add_argument("--teacher-scale", type=float, default=None, help="x the autoencoder/teacher steps (0.25)")
+    parser.add_argument(
+        "--teacher-scale", type=float, default=None, help="x the autoencoder/teacher steps (0.625: 188 / 250)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads for timing and training (default: torch's)"
@@ -397,8 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.height = args.height or (64 if quick else 480)
     args.width = args.width or (64 if quick else 640)
     args.rounds = args.rounds or (2 if quick else 5)
-    args.steps_scale = args.steps_scale or (0.004 if quick else 0.15)
-    args.teacher_scale = args.teacher_scale or (0.003 if quick else 0.25)
+    args.steps_scale = args.steps_scale or (0.004 if quick else 0.375)
+    args.teacher_scale = args.teacher_scale or (0.003 if quick else 0.625)
     args.teacher = "tiny" if quick else "sd2"
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
