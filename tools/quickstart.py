@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/quickstart.py                 # everything (~15 min on 2 CPU cores)
+    python tools/quickstart.py                 # everything (~8 min on 2 CPU cores)
     python tools/quickstart.py --steps-scale 0.1 --fresh   # a quick smoke run of the same chain
     tensorboard --logdir lightning_logs
 

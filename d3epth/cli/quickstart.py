@@ -7,7 +7,7 @@ Each stage is ``tools/fit.py`` with its ``configs/sample/*.yaml`` and the previo
 reuses finished stages (a stage whose ``last.ckpt`` reached its ``max_steps``) and resumes an interrupted one;
 ``--fresh`` starts over. Usage::
 
-    python tools/quickstart.py                 # everything (~20 min on 2 CPU cores)
+    python tools/quickstart.py                 # everything (~8 min on 2 CPU cores)
     python tools/quickstart.py --steps-scale 0.1 --fresh   # a quick smoke run of the same chain
     tensorboard --logdir lightning_logs
 
