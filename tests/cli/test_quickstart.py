@@ -75,9 +75,13 @@ def data(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     return copy
 
 
+def config_steps(stage) -> int:
+    """``trainer.max_steps`` of the stage's sample config."""
+    return int(build_cli(["--config", str(REPO / stage.config)], parse_only=True).config.trainer.max_steps)
+
+
 def expected_steps(stage) -> int:
-    config = build_cli(["--config", str(REPO / stage.config)], parse_only=True).config
-    return max(1, round(int(config.trainer.max_steps) * SCALE))
+    return max(1, round(config_steps(stage) * SCALE))
 
 
 def stage_checkpoints(logs: Path) -> dict[str, Path]:
@@ -196,7 +200,7 @@ def test_interrupted_stage_resumes_in_its_run_directory(
     """run_stage: a last.ckpt short of max_steps resumes (same version dir); one that reached it is reused."""
     baseline = next(stage for stage in quickstart.STAGES if stage.name == "baseline")  # needs no other stage
     logs = tmp_path / "logs"
-    steps = int(build_cli(["--config", str(REPO / baseline.config)], parse_only=True).config.trainer.max_steps)
+    steps = config_steps(baseline)
     one, two = 1.0 / steps, 2.0 / steps  # scales giving 1 and 2 steps
     first = Path(quickstart.run_stage(baseline, logs, one))
     assert torch.load(first, map_location="cpu", weights_only=True)["global_step"] == 1
