@@ -14,7 +14,8 @@ seed. A domain-shift row uses NYU-like rooms generated with another seed (never 
 with all Hypersim labels, scored on the NYU-like test scenes. Every cell: mean ± std over seeds of AbsRel and δ1 on
 the held-out test scenes, and the same on the Hypersim-like validation split (``val/...``), where settings are
 chosen. Nothing is tuned on the test scenes: the losses are the sample configs' own. Budget: stage 1 and stage 2 60
-steps each (the baseline 120), the teacher trained 2.5x the quick start's steps (1000; ``--quick``: 300).
+steps each (the baseline 120), the autoencoder and teacher trained 1.25x the quick start's steps (375 / 1000;
+``--quick``: 0.375x, 112 / 300).
 
     python benchmarks/distillation_value.py --out benchmarks/results/distillation_value   # 3 seeds x 100/20/5 %
     python benchmarks/distillation_value.py --quick --out /tmp/dv                          # 1 seed x 100/5 %
@@ -80,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--teacher-scale",
         type=float,
         default=None,
-        help="x the sample autoencoder/teacher steps (default 2.5: 1000 teacher steps; quick 0.75: 300)",
+        help="x the sample autoencoder/teacher steps (default 1.25: 375 / 1000; quick 0.375: 112 / 300)",
     )
     parser.add_argument(
         "--teacher-mode",
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=args.seeds or ([0] if quick else [0, 1, 2]),
         stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps,
-        teacher_scale=args.teacher_scale or (0.75 if quick else 2.5),
+        teacher_scale=args.teacher_scale or (0.375 if quick else 1.25),
         teacher_mode=args.teacher_mode,
         student=(args.backbone, args.decoder_channels),
         domain_shift=not args.no_domain_shift,

@@ -376,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per student and precision")
     parser.add_argument("--teacher-repeats", type=int, default=2, help="timed teacher calls per precision")
     parser.add_argument(
-        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.375: 75 + 75 steps)"
+        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.375: 75 + 112 steps)"
     )
     parser.add_argument(
-        "--teacher-scale", type=float, default=None, help="x the autoencoder/teacher steps (0.625: 188 / 250)"
+        "--teacher-scale", type=float, default=None, help="x the autoencoder/teacher steps (0.625: 188 / 500)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
