@@ -60,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("TRAIN", "VAL", "TEST"),
         # Many scenes with few frames each: a model trained on a handful of rooms memorises them instead of learning
         # depth (the sample teacher's held-out AbsRel went from 15.9 % with 8 rooms to 11.8 % with 40). 20 val and 30
-        # test scenes (~80 and 106 frames pass the filter): with 6 each (16 / 23 frames) the quick start's table and
-        # validation curves ranked models by noise -- an 800-step teacher scored 0.134 on the 23 test frames against
-        # 0.126 for a 400-step one, 0.126 vs 0.135 on 106.
+        # test scenes (56 and 106 frames pass the filter at seed 0): with 6 each (16 / 23 frames) the quick start's
+        # table and validation curves ranked models by noise -- an 800-step teacher scored 0.134 on the 23 test frames
+        # against 0.126 for a 400-step one, 0.126 vs 0.135 on 106.
         help="Hypersim scenes per split (default 40 20 30)",
     )
     p.add_argument("--hypersim-cameras", type=int, default=1, help="camera trajectories per scene (default 1)")
