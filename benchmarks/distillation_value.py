@@ -60,7 +60,7 @@ class Plan:
     seeds: list[int]
     stage1_steps: int
     stage2_steps: int
-    teacher_scale: float
+    teacher_steps: tuple[int, int]  # sample autoencoder, teacher
     teacher_mode: str = "diffusion"
     student: tuple[str, int] = ("efficientnet_lite0", 32)
     domain_shift: bool = True
@@ -72,16 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmarks/distillation_value.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "distillation_value")
     parser.add_argument("--data", type=Path, default=None, help="sample data folder (default: <out>/sample_data)")
-    parser.add_argument("--quick", action="store_true", help="1 seed, fractions 100 %% and 5 %%, teacher at 0.3x")
+    parser.add_argument("--quick", action="store_true", help="1 seed, fractions 100 %% and 5 %%, teacher 300 steps")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 (quick: 0)")
     parser.add_argument("--fractions", type=float, nargs="+", default=None, help="default: 1.0 0.2 0.05")
     parser.add_argument("--stage1-steps", type=int, default=60, help="default 60")
     parser.add_argument("--stage2-steps", type=int, default=60, help="default 60; the baseline gets the sum")
     parser.add_argument(
-        "--teacher-scale",
-        type=float,
+        "--teacher-steps",
+        type=int,
+        nargs=2,
         default=None,
-        help="x the sample autoencoder/teacher steps (default 1.25: 375 / 1000; quick 0.375: 112 / 300)",
+        metavar=("AUTOENCODER", "TEACHER"),
+        help="steps of the sample autoencoder and teacher (default 375 1000; quick 112 300)",
     )
     parser.add_argument(
         "--teacher-mode",
@@ -287,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds=args.seeds or ([0] if quick else [0, 1, 2]),
         stage1_steps=args.stage1_steps,
         stage2_steps=args.stage2_steps,
-        teacher_scale=args.teacher_scale or (0.375 if quick else 1.25),
+        teacher_steps=tuple(args.teacher_steps or ((112, 300) if quick else (375, 1000))),
         teacher_mode=args.teacher_mode,
         student=(args.backbone, args.decoder_channels),
         domain_shift=not args.no_domain_shift,
@@ -331,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     teachers = {}  # the candidates, scored on both splits; the choice (--teacher-mode) is made on val
     for stage in (*STAGES[:2], E2E_TEACHER) if plan.teacher_mode == "e2e" else STAGES[:2]:
-        checkpoint = run_stage(stage, logs, plan.teacher_scale)  # autoencoder, teacher (, e2e): once, on all labels
+        # autoencoder, teacher (, e2e fine-tuning at its config's steps): once, on all labels
+        steps = dict(zip(("autoencoder", "teacher"), plan.teacher_steps, strict=True)).get(stage.name)
+        checkpoint = run_stage(stage, logs, max_steps=steps)
         if stage.name != "autoencoder":
             teachers[stage.name] = {"checkpoint": checkpoint, **score(checkpoint, eval_sets)}
     chosen = E2E_TEACHER.name if plan.teacher_mode == "e2e" else "teacher"

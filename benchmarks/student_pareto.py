@@ -203,12 +203,12 @@ def measure_speed(students: Sequence[Student], args: argparse.Namespace) -> tupl
 
 # --------------------------------------------------------------------------------------------------------- accuracy
 def measure_accuracy(students: Sequence[Student], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Train every student with the same scaled sample stage-1 + stage-2 budget; its test-split metrics.
+    """Train every student with the same sample stage-1 + stage-2 budget; its test-split metrics.
 
-    The autoencoder and teacher are trained once (``d3epth.cli.quickstart.run_stage``, scaled by
-    ``--teacher-scale``); each student's stage 1 distils that teacher and its stage 2 refines with the Hybrid Depth
-    Loss, both from ``configs/sample/`` with ``max_steps`` times ``--steps-scale``. Finished runs under ``--work``
-    are reused (and interrupted ones resumed), as the quick start does.
+    The autoencoder and teacher are trained once (``d3epth.cli.quickstart.run_stage``, ``--teacher-steps``); each
+    student's stage 1 distils that teacher and its stage 2 refines with the Hybrid Depth Loss, both from
+    ``configs/sample/`` for ``--stage-steps``. Finished runs under ``--work`` are reused (and interrupted ones resumed),
+    as the quick start does.
 
     Returns:
         ``{student name: {"hypersim/abs_rel", "hypersim/delta1", "nyu/abs_rel", ..., "train_s"}}``.
@@ -227,8 +227,8 @@ def measure_accuracy(students: Sequence[Student], args: argparse.Namespace) -> d
             check=True,
         )
     logs = work / "logs"
-    for stage in STAGES[:2]:  # autoencoder, teacher: once, shared by every student (reused when already trained)
-        teacher = run_stage(stage, logs, args.teacher_scale)
+    for stage, steps in zip(STAGES[:2], args.teacher_steps, strict=True):  # autoencoder, teacher: once, shared
+        teacher = run_stage(stage, logs, max_steps=steps)
     datamodule = build_cli(["--config", str(REPO / "configs" / "sample" / "data.yaml")], parse_only=True)
     test_sets = {k: v for k, v in datamodule.build_datamodule().test_sets.items() if k in ("hypersim", "nyu")}
     splits = {"test": test_sets}  # score()'s keys: "<set>/<metric>" for the test split
@@ -262,8 +262,8 @@ def measure_accuracy(students: Sequence[Student], args: argparse.Namespace) -> d
             f"[3] stage 2, {s.name}",
         )
         start = time.perf_counter()
-        run_stage(stage1, logs, args.steps_scale)
-        checkpoint = run_stage(stage2, logs, args.steps_scale)
+        run_stage(stage1, logs, max_steps=args.stage_steps[0])
+        checkpoint = run_stage(stage2, logs, max_steps=args.stage_steps[1])
         results[s.name] = {**score(checkpoint, splits), "train_s": time.perf_counter() - start}
     results["teacher (sample)"] = score(teacher, splits)
     return results
@@ -376,10 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per student and precision")
     parser.add_argument("--teacher-repeats", type=int, default=2, help="timed teacher calls per precision")
     parser.add_argument(
-        "--steps-scale", type=float, default=None, help="x the sample stage-1/2 max_steps (0.375: 75 + 112 steps)"
+        "--stage-steps",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("STAGE1", "STAGE2"),
+        help="each student's stage-1 and stage-2 steps (default 75 75, the recorded run's; quick 1 1)",
     )
     parser.add_argument(
-        "--teacher-scale", type=float, default=None, help="x the autoencoder/teacher steps (0.625: 188 / 500)"
+        "--teacher-steps",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("AUTOENCODER", "TEACHER"),
+        help="steps of the shared sample autoencoder and teacher (default 200 250, the recorded run's; quick 1 2)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -399,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.height = args.height or (64 if quick else 480)
     args.width = args.width or (64 if quick else 640)
     args.rounds = args.rounds or (2 if quick else 5)
-    args.steps_scale = args.steps_scale or (0.004 if quick else 0.375)
-    args.teacher_scale = args.teacher_scale or (0.003 if quick else 0.625)
+    args.stage_steps = args.stage_steps or ([1, 1] if quick else [75, 75])
+    args.teacher_steps = args.teacher_steps or ([1, 2] if quick else [200, 250])
     args.teacher = "tiny" if quick else "sd2"
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -417,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"== speed: {len(students)} students at {args.height}x{args.width}, channels_last, fp32 and bf16", flush=True)
     speed, teacher = measure_speed(students, args)
     speed_s = time.perf_counter() - start
-    print(f"== accuracy: sample stage 1 + stage 2 x {args.steps_scale} for each student", flush=True)
+    print(f"== accuracy: sample stage 1 + stage 2, {' + '.join(map(str, args.stage_steps))} steps each", flush=True)
     accuracy = measure_accuracy(students, args)
     elapsed = time.perf_counter() - start
 
@@ -428,8 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Student Pareto front, one run ({elapsed / 60:.1f} min: speed {speed_s / 60:.1f} min, accuracy "
         f"{(elapsed - speed_s) / 60:.1f} min). {hardware.splitlines()[1]}; {hardware.splitlines()[2]}. Speed: "
         f"1x3x{args.height}x{args.width}, channels_last, median of {args.rounds} rounds (teacher: "
-        f"{args.teacher_repeats}). Accuracy: sample test split after stage 1 + stage 2 at {args.steps_scale} x the "
-        f"sample configs' steps, teacher trained at {args.teacher_scale} x, seed {args.seed}."
+        f"{args.teacher_repeats}). Accuracy: sample test split after {args.stage_steps[0]} stage-1 + "
+        f"{args.stage_steps[1]} stage-2 steps, autoencoder / teacher trained {args.teacher_steps[0]} / "
+        f"{args.teacher_steps[1]} steps, seed {args.seed}."
     )
     text = markdown(rows, teacher, fronts, chosen, header)
     print(text)

@@ -107,14 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(stage: Stage, logs: Path, steps_scale: float) -> str:
-    """Train one stage unless a completed run of it reached max_steps; return its final checkpoint's path."""
+def run_stage(stage: Stage, logs: Path, steps_scale: float = 1.0, max_steps: int | None = None) -> str:
+    """Train one stage unless a completed run of it reached max_steps; return its final checkpoint's path.
+
+    Args:
+        stage: the config and its wiring to earlier stages.
+        logs: the runs' root (``--logger.save_dir``).
+        steps_scale: multiplies the config's ``trainer.max_steps``.
+        max_steps: the budget in optimiser steps instead (wins over ``steps_scale``): benchmarks keep their recorded
+            budgets this way when the quick start's schedules are retuned.
+    """
     from d3epth.checkpoints import COMPLETED_MARKER, read_checkpoint  # torch: imported after parsing (see d3epth.cli)
     from d3epth.cli.trainer import build_cli, fit
 
     overrides = [f"--logger.save_dir={logs}", *stage.wiring(logs)]
     config = build_cli(["--config", str(REPO / stage.config), *overrides], parse_only=True).config
-    max_steps = max(1, round(int(config.trainer.max_steps) * steps_scale))
+    max_steps = max_steps or max(1, round(int(config.trainer.max_steps) * steps_scale))
     interval = max(1, min(int(config.trainer.val_check_interval), max_steps))
     overrides += [f"--trainer.max_steps={max_steps}", f"--trainer.val_check_interval={interval}"]
 

@@ -64,7 +64,7 @@ class AutoencoderTask(DepthTask):
         latent_stats_momentum: EMA momentum of the latent statistics behind ``scaling_factor=None``.
         seed: seed of the initial weights (the global RNG is not touched).
         lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
-            num_logged_images, max_consecutive_skipped_steps: see :class:`~d3epth.tasks.base.DepthTask`.
+            num_logged_images, max_consecutive_skipped_steps, channels_last: see :class:`~d3epth.tasks.base.DepthTask`.
     """
 
     #: Nothing is frozen: the whole autoencoder is trained and checkpointed.
@@ -96,6 +96,7 @@ class AutoencoderTask(DepthTask):
         alignment: str = "depth",
         num_logged_images: int = 4,
         max_consecutive_skipped_steps: int = 10,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             lr=lr,
@@ -108,6 +109,7 @@ class AutoencoderTask(DepthTask):
             alignment=alignment,
             num_logged_images=num_logged_images,
             max_consecutive_skipped_steps=max_consecutive_skipped_steps,
+            channels_last=channels_last,
         )
         if recon_loss not in _RECON_LOSSES:
             raise ValueError(f"AutoencoderTask: recon_loss must be one of {_RECON_LOSSES}, got {recon_loss!r}")

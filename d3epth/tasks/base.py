@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
 from d3epth.errors import ConfigError
 from d3epth.metrics import DepthMetrics, benchmark_metrics
+from d3epth.models.memory_format import to_channels_last
 from d3epth.tasks.ema import EMA_PREFIX, StudentEMA
 from d3epth.tasks.guard import GUARD_KEY, StepGuard, check_finite_checkpoint
 from d3epth.utils.visualize import PANEL_TAG_SUFFIX, depth_error_panel
@@ -102,6 +103,9 @@ class DepthTask(L.LightningModule):
         ema_decay: keep an exponential moving average of the student's weights with this decay per optimiser step
             (e.g. 0.999; :mod:`d3epth.tasks.ema`), used by validation, test, evaluation, prediction and export;
             ``None`` = off. Tasks without a ``student`` (teacher, autoencoder) refuse it.
+        channels_last: train with 4-D weights (and so activations) in channels_last memory format
+            (:func:`~d3epth.models.memory_format.to_channels_last`): the sample student's CPU step 124 -> 78 ms.
+            Results match NCHW training to float rounding, not bitwise.
     """
 
     #: State-dict prefixes of frozen modules that checkpoints do not store.
@@ -122,6 +126,7 @@ class DepthTask(L.LightningModule):
         num_logged_images: int = 4,
         max_consecutive_skipped_steps: int = 10,
         ema_decay: float | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # Records the arguments of this constructor and of the subclass constructors that called it, as plain data
@@ -210,6 +215,15 @@ class DepthTask(L.LightningModule):
             if key.startswith(self.frozen_prefixes):
                 state.setdefault(key, value)
         self._step_guard.load_state_dict(checkpoint.get(GUARD_KEY, {}))
+
+    def configure_model(self) -> None:
+        """Convert the networks to channels_last when ``channels_last`` is set.
+
+        Lightning calls this after the networks are built and before the optimiser and a resumed checkpoint exist, so
+        both see the converted tensors (``load_state_dict`` copies into them).
+        """
+        if self.hparams.get("channels_last"):
+            to_channels_last(self)
 
     def on_fit_start(self) -> None:
         """Silence Lightning's "module(s) in eval mode" warning when exactly the frozen modules are in eval mode.

@@ -85,8 +85,8 @@ class TeacherTask(DepthTask):
             :meth:`noise_generator`); ``None`` = ``torch.initial_seed()`` at the first training step.
         val_num_steps: DDIM steps of the validation prediction (1 = E2E-FT / Marigold v1-1 setting).
         lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
-            num_logged_images, max_consecutive_skipped_steps: see :class:`~d3epth.tasks.base.DepthTask` (defaults:
-            Marigold's Adam, 3e-5, 100-step warm-up, exponential decay to 1 %).
+            num_logged_images, max_consecutive_skipped_steps, channels_last: see :class:`~d3epth.tasks.base.DepthTask`
+            (defaults: Marigold's Adam, 3e-5, 100-step warm-up, exponential decay to 1 %).
     """
 
     #: The task trains the teacher itself: keep all of it in checkpoints (the VAE too, so they stand alone).
@@ -119,6 +119,7 @@ class TeacherTask(DepthTask):
         alignment: str = "depth",
         num_logged_images: int = 4,
         max_consecutive_skipped_steps: int = 10,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(
             lr=lr,
@@ -131,6 +132,7 @@ class TeacherTask(DepthTask):
             alignment=alignment,
             num_logged_images=num_logged_images,
             max_consecutive_skipped_steps=max_consecutive_skipped_steps,
+            channels_last=channels_last,
         )
         if mode not in _MODES:
             raise ValueError(f"TeacherTask: mode must be one of {_MODES}, got {mode!r}")

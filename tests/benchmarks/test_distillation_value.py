@@ -38,7 +38,7 @@ def test_each_arm_sees_the_samples_it_should(tmp_path: Path) -> None:
         seeds=[0],
         stage1_steps=3,
         stage2_steps=5,
-        teacher_scale=1.0,
+        teacher_steps=(1, 1),
         student=("resnet18", 16),
     )
     student = ["--model.init_args.student.backbone=resnet18", "--model.init_args.student.decoder_channels=16"]

@@ -1,7 +1,7 @@
 """Training driver of the resume tests: a real ``lightning.Trainer`` run, in its own process when it is to be killed.
 
     python -m tests.helpers.resume_driver --task stage2 --data <hypersim root> --out <run dir> --max-steps 7
-        [--hflip 0.5] [--crop H W] [--cache <teacher cache>] [--num-workers N]
+        [--hflip 0.5] [--crop H W] [--cache <teacher cache>] [--num-workers N] [--channels-last]
         [--ckpt-path <run dir>/last.ckpt] [--hang-after-step K]
 
 It trains a tiny task (:func:`tests.helpers.checkpoints.tiny_task`) on the tiny Hypersim set with
@@ -34,10 +34,13 @@ HUNG = "hung"
 
 
 def arguments(out: Path, **options: Any) -> list[str]:
-    """The driver's arguments: ``options`` become ``--name value ...`` (lists give several values; ``None`` none)."""
+    """The driver's arguments: ``options`` become ``--name value ...`` (lists give several values; ``None`` none;
+    ``True`` the bare flag)."""
     argv = ["--out", str(out)]
     for name, value in options.items():
-        if value is not None:
+        if value is True:
+            argv.append("--" + name.replace("_", "-"))
+        elif value is not None:
             values = value if isinstance(value, list | tuple) else [value]
             argv += ["--" + name.replace("_", "-"), *(str(v) for v in values)]
     return argv
@@ -87,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop", type=int, nargs=2, default=None, help="RandomCrop height width")
     parser.add_argument("--cache", type=Path, default=None, help="teacher cache directory (stage 1)")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--channels-last", action="store_true", help="the task's channels_last option")
     parser.add_argument("--ckpt-path", default=None, help="checkpoint to resume from")
     parser.add_argument("--hang-after-step", type=int, default=None)
     args = parser.parse_args(argv)
@@ -122,7 +126,7 @@ def _fit(args: argparse.Namespace) -> int:
                     time.sleep(1.0)
 
     L.seed_everything(0, verbose=False)
-    task = tiny_task(TASKS[args.task], seed=0, lr=1e-3, warmup_steps=1)
+    task = tiny_task(TASKS[args.task], seed=0, lr=1e-3, warmup_steps=1, channels_last=args.channels_last)
     datamodule = DepthDataModule(
         train=train_sets(args.data),
         batch_size=2,

@@ -101,6 +101,14 @@ def test_stage2_resumes_bitwise_mid_epoch_with_flips_and_crops(tmp_path: Path, d
     check_resume(tmp_path, data, task="stage2", hflip=0.5, crop=[32, 40])
 
 
+def test_stage2_resumes_bitwise_in_channels_last(tmp_path: Path, data: Path) -> None:
+    """The checkpoint is restored into weights already converted to channels_last (``configure_model``)."""
+    check_resume(tmp_path, data, task="stage2", crop=[32, 40], channels_last=True)
+    state = flat_state(tmp_path / "full" / "final.pt")
+    convs = [v for v in state.values() if v.ndim == 4 and v.shape[1] > 1 and v.shape[-1] > 1]  # unambiguous layouts
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) and not v.is_contiguous() for v in convs)
+
+
 @pytest.mark.slow
 def test_stage1_resumes_bitwise_with_worker_processes(tmp_path: Path, data: Path) -> None:
     check_resume(tmp_path, data, task="stage1", hflip=0.5, crop=[24, 40], num_workers=2)
