@@ -20,7 +20,7 @@ from d3epth.metrics import DepthMetrics
 from tests.helpers import REPO
 from tests.tool_loader import load_tool
 
-SCALE = 0.002  # 200-800 default steps -> 1 or 2 steps per stage
+SCALE = 0.002  # 300-800 default steps -> 1 or 2 steps per stage
 make_sample_data = load_tool("make_sample_data")
 
 #: Very small sample data: enough Hypersim frames pass the filter for one training batch of 4; one frame per
