@@ -4,10 +4,10 @@ Convolution libraries run their fastest kernels on NHWC tensors: oneDNN (CPU) re
 blocked layout and back, cuDNN's tensor-core kernels (fp16 / bf16) want NHWC. Storing a network's 4-D weights as
 channels_last makes every convolution produce channels_last outputs, so the whole forward and backward pass stays in
 that layout (PyTorch's "Channels Last Memory Format" tutorial; timm's ``train.py --channels-last``). Measured on one
-thread of a 2-core Xeon (AVX-512), batch 4 at 96x128, forward + backward + fused AdamW: the sample student
-(``mobilenetv3_large_100`` + 32-channel decoder) 124 -> 78 ms, ``fastvit_t8`` + 128 channels 285 -> 223 ms; a whole
-sample student stage (data, loss, logging included) ~8 % less wall time; the diffusers UNet and VAE of the sample
-teacher and autoencoder gain nothing measurable.
+thread of a 2-core Xeon (AVX-512), batch 4 at 96x128, forward + backward + fused AdamW, median of 25 steps: the
+sample student (``mobilenetv3_large_100`` + 32-channel decoder) 98 -> 76 ms, ``fastvit_t8`` + 128 channels 247 ->
+203 ms; a whole sample student stage (data, loss, logging included) 6-9 % less wall time; the diffusers UNet and VAE
+of the sample teacher and autoencoder gain nothing measurable.
 
 The bug: oneDNN's 1x1 convolution with a stride > 1 on an NHWC source with fewer input channels per group than its
 channel block (16 fp32 channels with AVX-512) writes past a workspace in its weight-gradient pass
