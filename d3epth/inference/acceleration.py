@@ -124,8 +124,11 @@ def prepare_for_inference(
         fuse: fold BatchNorms into their convolutions (:func:`~d3epth.models.fusion.fuse_conv_bn`), found by running
             the model once on a small ``1x3x(2m)x(2m)`` image, ``m`` its ``size_multiple``.
         channels_last: store 4-D weights and feed inputs as channels_last.
-        compile: wrap the network in ``torch.compile(dynamic=True)``: one graph for every input size, so a new
-            image size does not recompile; the first call pays the compilation (tens of seconds on a CPU).
+        compile: wrap the network in ``torch.compile(dynamic=True)`` with Inductor's ``freezing``: one graph for
+            every input size, so a new image size does not recompile; the weights are folded in as constants, which
+            lets Inductor fuse convolutions with the element-wise ops after them (fastvit_t8/w128 at 480x640 on 2
+            Xeon cores, one run side by side: bf16 53.7 ms vs 62.4 ms without freezing, 71.4 ms eager). The
+            weights must not change afterwards; the first call pays the compilation (tens of seconds on a CPU).
 
     Returns:
         The :class:`InferenceModel`, in eval mode.
@@ -141,7 +144,7 @@ def prepare_for_inference(
         model = model.to(memory_format=torch.channels_last)
     model = model.to(dtype)
     if compile:
-        model = torch.compile(model, dynamic=True)
+        model = torch.compile(model, dynamic=True, options={"freezing": True})
     return InferenceModel(model, dtype, channels_last).eval()
 
 

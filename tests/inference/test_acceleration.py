@@ -91,8 +91,20 @@ def test_exported_student_round_trip_loads_and_matches_in_inference_form(tmp_pat
 
 
 def test_compile_uses_dynamic_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One graph for every image size (a new size must not recompile); torch.compile itself is not run here."""
+    """One graph for every image size (a new size must not recompile), weights frozen into it; not compiled here."""
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
     model = prepare_for_inference(tiny_model(), "fp32", compile=True)
-    assert calls == [{"dynamic": True}] and model.size_multiple == 32
+    assert calls == [{"dynamic": True, "options": {"freezing": True}}] and model.size_multiple == 32
+
+
+@pytest.mark.slow
+def test_compiled_frozen_model_matches_eager_at_two_sizes() -> None:
+    """The real torch.compile (dynamic, frozen weights): same depth as eager fp32, also at a second image size."""
+    model = tiny_model()
+    eager = prepare_for_inference(copy.deepcopy(model), "fp32")
+    compiled = prepare_for_inference(copy.deepcopy(model), "fp32", compile=True)
+    with torch.inference_mode():
+        for size in ((64, 96), (45, 70)):
+            image = torch.rand(1, 3, *size) * 2 - 1
+            torch.testing.assert_close(compiled(image), eager(image), rtol=1e-4, atol=1e-5)
