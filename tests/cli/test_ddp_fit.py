@@ -40,8 +40,14 @@ class RecordBatches(L.Callback):
             handle.write(json.dumps(list(batch["path"])) + "\n")
 
 
-@pytest.mark.parametrize("config", ["fit_tiny.yaml", "ddp_stage1.yaml"])
-def test_two_process_ddp_trains_disjoint_batches_and_validates_like_one_process(config: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("config", "extra"),
+    [("fit_tiny.yaml", []), ("ddp_stage1.yaml", []), ("fit_tiny.yaml", ["--model.init_args.channels_last=true"])],
+    ids=["stage2", "stage1", "stage2-channels-last"],
+)
+def test_two_process_ddp_trains_disjoint_batches_and_validates_like_one_process(
+    config: str, extra: list[str], tmp_path: Path
+) -> None:
     root = tmp_path / "hypersim"
     write_hypersim(root, counts={"train": 8, "val": 4}, size=(32, 32))
     recorded = tmp_path / "batches"
@@ -51,7 +57,7 @@ def test_two_process_ddp_trains_disjoint_batches_and_validates_like_one_process(
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     command = [sys.executable, str(REPO / "tools" / "fit.py"), "--config", str(CONF / config)]
     command += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-    command += ["--trainer.max_steps=2", "--trainer.val_check_interval=2", f"--trainer.callbacks={callbacks}"]
+    command += ["--trainer.max_steps=2", "--trainer.val_check_interval=2", f"--trainer.callbacks={callbacks}", *extra]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
