@@ -332,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         "val": {"hypersim": datamodule.val_sets["hypersim"]},
     }
     teachers = {}  # the candidates, scored on both splits; the choice (--teacher-mode) is made on val
+    steps = {stage.name: n for stage, n in zip(STAGES[:2], plan.teacher_steps, strict=True)}  # autoencoder, teacher
     for stage in (*STAGES[:2], E2E_TEACHER) if plan.teacher_mode == "e2e" else STAGES[:2]:
-        # autoencoder, teacher (, e2e fine-tuning at its config's steps): once, on all labels
-        steps = dict(zip(("autoencoder", "teacher"), plan.teacher_steps, strict=True)).get(stage.name)
-        checkpoint = run_stage(stage, logs, max_steps=steps)
+        # once, on all labels; the e2e fine-tuning runs its config's steps
+        checkpoint = run_stage(stage, logs, max_steps=steps.get(stage.name))
         if stage.name != "autoencoder":
             teachers[stage.name] = {"checkpoint": checkpoint, **score(checkpoint, eval_sets)}
     chosen = E2E_TEACHER.name if plan.teacher_mode == "e2e" else "teacher"

@@ -10,15 +10,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
 from d3epth.models.memory_format import affected_by_onednn_1x1_bug, to_channels_last
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO
 
 
 def test_only_strided_1x1_convolutions_with_few_input_channels_are_affected() -> None:
