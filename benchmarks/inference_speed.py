@@ -8,7 +8,9 @@ Prints, in one process with the same threads:
 (b) the default student (``d3epth.models.student.DEFAULT_BACKBONE``, light head) at 480x640: ms/image as the tools
     ran it before (fp32, NCHW, eager, unfused) and as they run it now (:func:`~d3epth.inference.acceleration.
     prepare_for_inference`: fused, channels_last, fp32 and bf16), eager / ``torch.compile(dynamic=True)`` /
-    ONNX Runtime (fp32 only: its CPU provider has no bf16 convolutions), the arms alternated round by round; the
+    ONNX Runtime (fp32 only: its CPU provider has no bf16 convolutions), the arms alternated round by round, in a
+    process that keeps freed memory for reuse as the tools do (:func:`~d3epth.utils.allocator.reuse_freed_memory`;
+    the "before" arm shares it, so "vs before" leaves out that setting's gain); the
     achieved FLOP/s and its share of the peak of the same precision; ``torch.compile``'s first-call cost and the
     cost of a first call at a new size (a recompile shows there); the top operators of the default arm
     (``torch.profiler``);
@@ -45,6 +47,7 @@ from torch import nn
 from d3epth.inference.acceleration import prepare_for_inference
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.student import DEFAULT_BACKBONE, TINY_BACKBONE, DepthStudent
+from d3epth.utils.allocator import reuse_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference_speed"
 
@@ -225,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     hardware = describe_hardware(["cpu"])
     print(hardware)
+    print(f"glibc keeps freed memory for reuse: {reuse_freed_memory()}")
     results: dict[str, object] = {"hardware": hardware, "args": {k: str(v) for k, v in vars(args).items()}}
 
     peak_flops, peak_arms = {}, {}

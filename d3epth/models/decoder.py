@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d3epth.models.upsampling import subpixel_upsample_conv
+
 __all__ = [
     "DepthHead",
     "FPNDecoder",
@@ -287,9 +289,13 @@ class DepthHead(nn.Module):
 
     Each stage halves the width at the current (low) resolution, where convolutions are cheap, and then upsamples
     x2 bilinearly; backbone maps finer than the FPN (e.g. the stride-2 stem of ResNets/EfficientNets) are added at
-    their stride through 1x1 projections, to recover edges. The last conv (3x3, to 1 channel) runs at full
-    resolution and smooths the bilinear upsampling. With ``in_stride = 4`` and width 128 this is
-    ``conv3x3(128->64) @1/4, conv3x3(64->32) @1/2, conv3x3(32->1) @1/1``.
+    their stride through 1x1 projections, to recover edges. The last conv (3x3, to 1 channel, replicate padding
+    like the student's input padding) runs at full resolution and smooths the bilinear upsampling. With
+    ``in_stride = 4`` and width 128 this is ``conv3x3(128->64) @1/4, conv3x3(64->32) @1/2, conv3x3(32->1) @1/1``.
+    Where the last upsampling is exactly x2 and no skip joins after it (every power-of-two ``in_stride``), that
+    upsampling and the last conv are computed together as one sub-pixel convolution at 1/2
+    (:func:`~d3epth.models.upsampling.subpixel_upsample_conv`): the same values without the full-resolution
+    ``[B,C,H,W]`` map.
 
     Output range: ``activation="none"`` (default) gives unbounded, affine-invariant depth: the stage-2 loss is
     scale-and-shift invariant and the evaluator aligns every image, so bounding the output would only saturate
@@ -334,7 +340,15 @@ class DepthHead(nn.Module):
                 raise ValueError(f"skip stride {stride} is not one of the head's stage strides {self.stage_strides}")
             j = self.stage_strides.index(stride)
             self.skips[str(j)] = nn.Conv2d(channels, self.stage_width(j), 1)
-        self.out = nn.Conv2d(width, 1, 3, padding=1)
+        self.out = nn.Conv2d(width, 1, 3, padding=1, padding_mode="replicate")
+        # The stride each stage's conv runs at; the last stage's x2 upsampling folds into `out` when nothing is added
+        # after it (maps at stride s have exactly H_pad / s rows, so the ratio of strides is the ratio of sizes).
+        conv_strides = [in_stride, *self.stage_strides[:-1]]
+        self.fold_last_upsample = (
+            bool(self.stages)
+            and conv_strides[-1] == 2 * self.stage_strides[-1]
+            and str(len(self.stages) - 1) not in self.skips
+        )
 
     @staticmethod
     def stage_strides_for(in_stride: float) -> list[float]:
@@ -361,10 +375,14 @@ class DepthHead(nn.Module):
         """
         hp, wp = padded_size
         skips = skips or {}
+        last = len(self.stages) - 1
         for j, (stage, stride) in enumerate(zip(self.stages, self.stage_strides, strict=True)):
-            x = resize_to(stage(x), (scaled_size(hp, stride), scaled_size(wp, stride)))
+            x = stage(x)
+            if j == last and self.fold_last_upsample:
+                break
+            x = resize_to(x, (scaled_size(hp, stride), scaled_size(wp, stride)))
             key = str(j)
             if key in self.skips:
                 x = x + self.skips[key](skips[stride])
-        x = self.out(resize_to(x, (hp, wp)))
+        x = subpixel_upsample_conv(x, self.out) if self.fold_last_upsample else self.out(resize_to(x, (hp, wp)))
         return torch.tanh(x) if self.activation == "tanh" else x

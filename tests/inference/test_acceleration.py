@@ -50,15 +50,22 @@ def tiny_model(norm: str = "batch") -> StudentDepthModel:
     return model.eval()
 
 
+def channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def test_channels_last_path_gives_the_same_outputs() -> None:
     model = tiny_model()
     image = torch.rand(2, 3, 45, 70) * 2 - 1  # needs internal padding
     with torch.no_grad():
         expected = model(image)
         prepared = prepare_for_inference(copy.deepcopy(model), "fp32", fuse=False, channels_last=True)
+        convs = [m for m in prepared.modules() if isinstance(m, torch.nn.Conv2d)]
+        layouts = []
+        convs[0].register_forward_hook(lambda module, inputs, out: layouts.append(channels_last(out)))
         output = prepared(image)
-    conv = next(m for m in prepared.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert channels_last(next(conv.weight for conv in convs if conv.kernel_size == (3, 3)))
+    assert layouts == [True]  # the NCHW image's first convolution already gives channels_last activations
     assert output.dtype == torch.float32 and output.is_contiguous()
     torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-6)
 

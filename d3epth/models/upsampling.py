@@ -1,0 +1,73 @@
+"""A x2 bilinear upsampling followed by a 3x3 convolution, computed as one sub-pixel convolution at the low resolution.
+
+The depth head ends with ``conv3x3(upsample_x2(x))`` (:class:`~d3epth.models.decoder.DepthHead`). At 480x640 the
+upsampled 32-channel map is the largest tensor of the whole student (9.8 M values), and writing it and reading it
+back is pure memory traffic: with the ``fastvit_t8`` student in bf16 on a 2-core EPYC, that upsampling and the
+full-resolution convolution took ~9 ms of ~54 ms. Both steps are linear, so their composition is one linear map of
+the low-resolution input, and it has a sub-pixel form (Shi et al., "Real-Time Single Image and Video Super-Resolution
+Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR 2016): output pixel ``(2i + a, 2j + b)`` is a 3x3
+convolution of the low-resolution map around ``(i, j)`` with a kernel that depends on the phase ``(a, b)``. So a
+3x3 convolution to ``4 * out_channels`` channels at the low resolution followed by ``pixel_shuffle(2)`` gives the
+same values, with the same FLOPs, without the upsampled map.
+
+Derivation, one axis: ``align_corners=False`` bilinear x2 with clamped borders gives
+``u[2i] = x[i-1]/4 + 3 x[i]/4`` and ``u[2i+1] = 3 x[i]/4 + x[i+1]/4`` (``x[-1] = x[0]``, ``x[n] = x[n-1]``). A 3-tap
+filter ``w`` over ``u`` at ``2i + a`` reads ``u[2i+a-1 .. 2i+a+1]``, i.e. ``x[i-1 .. i+1]`` through the 3x3 matrix
+``PHASE_TAPS[a]`` (rows: the tap ``k`` of ``w``, columns: the offsets -1, 0, 1 in ``x``). In 2-D the kernel of phase
+``(a, b)`` is ``PHASE_TAPS[a] @ w @ PHASE_TAPS[b]^T``. The identity is exact when the convolution pads ``u`` by
+replication: at a border the bilinear extension of ``u`` equals its edge value (``u[-1] = x[0] = u[0]``), which is what
+padding ``x`` by replication gives in the low-resolution form. (Zero padding of ``u`` would differ on the outermost
+output rows and columns.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PHASE_TAPS", "subpixel_upsample_conv", "subpixel_weight"]
+
+#: ``PHASE_TAPS[a][k][m]``: weight of ``x[i + m - 1]`` in ``u[2i + a + k - 1]`` (bilinear x2, ``align_corners=False``).
+PHASE_TAPS = torch.tensor(
+    [
+        [[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.75, 0.25]],  # a = 0: u[2i-1], u[2i], u[2i+1]
+        [[0.25, 0.75, 0.0], [0.0, 0.75, 0.25], [0.0, 0.25, 0.75]],  # a = 1: u[2i], u[2i+1], u[2i+2]
+    ]
+)
+
+
+def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel kernels of ``conv3x3(upsample_x2(x))``.
+
+    Args:
+        weight: the convolution's weight [O,C,3,3] (any float dtype, differentiable).
+
+    Returns:
+        [4*O,C,3,3], output channel ``4*o + 2*a + b`` for phase ``(a, b)`` of channel ``o``: the channel order
+        ``pixel_shuffle(2)`` expects.
+    """
+    taps = PHASE_TAPS.to(weight)
+    kernels = torch.einsum("akm,bln,ockl->oabcmn", taps, taps, weight)
+    return kernels.reshape(4 * weight.shape[0], weight.shape[1], 3, 3)
+
+
+def subpixel_upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(interpolate(x, scale_factor=2, mode="bilinear"))`` without the upsampled map.
+
+    Args:
+        x: [B,C,h,w].
+        conv: a 3x3, stride-1, ungrouped, undilated convolution with ``padding=1, padding_mode="replicate"``.
+
+    Returns:
+        [B,O,2h,2w], equal (up to rounding) to the convolution of the bilinearly upsampled ``x``.
+
+    Raises:
+        ValueError: ``conv`` is not such a convolution.
+    """
+    shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+    if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "replicate"):
+        raise ValueError(f"expected a 3x3 stride-1 convolution with replicate padding 1, got {conv}")
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
+    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    return F.pixel_shuffle(F.conv2d(padded, subpixel_weight(conv.weight), bias), 2)
