@@ -45,8 +45,10 @@ from student_speed import count_flops, describe_hardware  # benchmarks/ is on sy
 from torch import nn
 
 from d3epth.inference.acceleration import prepare_for_inference
+from d3epth.models.decoder import DepthHead
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.student import DEFAULT_BACKBONE, TINY_BACKBONE, DepthStudent
+from d3epth.models.upsampling import BilinearUpsampleConv2d
 from d3epth.utils.allocator import reuse_freed_memory
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference_speed"
@@ -82,6 +84,8 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
     for precision in ("fp32", "bf16"):
         eager = prepare_for_inference(copy.deepcopy(model), precision)
         arms[f"eager {precision} fused channels_last"] = lambda m=eager: m(image)
+        two_step = prepare_for_inference(materialise_upsampling(copy.deepcopy(model)), precision)
+        arms[f"  same, upsampled maps materialised ({precision})"] = lambda m=two_step: m(image)
     # bf16 by autocast (weights re-cast at every call) instead of a converted model: why the tools convert.
     fp32 = prepare_for_inference(copy.deepcopy(model), "fp32")
 
@@ -103,6 +107,23 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
     if not args.no_ort:
         arms["onnxruntime fp32 fused"] = _ort_arm(model, image, args)
     return arms
+
+
+def materialise_upsampling(model: nn.Module) -> nn.Module:
+    """The same network with the depth head's upsampling computed in two steps (upsample, then a plain conv).
+
+    The form the head had before :class:`~d3epth.models.upsampling.BilinearUpsampleConv2d`, with the same weights
+    and the same outputs: the arm beside it measures what folding the upsampling into the next conv saves.
+    """
+    for head in (m for m in model.modules() if isinstance(m, DepthHead)):
+        for parent, name in [(stage, "0") for stage in head.stages] + [(head, "out")]:
+            conv = getattr(parent, name)
+            if isinstance(conv, BilinearUpsampleConv2d):
+                plain = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, padding_mode="replicate")
+                plain.weight, plain.bias = conv.weight, conv.bias
+                setattr(parent, name, plain)
+        head.folded = (False,) * len(head.folded)
+    return model
 
 
 def _ort_arm(model: nn.Module, image: torch.Tensor, args: argparse.Namespace) -> Callable[[], object]:

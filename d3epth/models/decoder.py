@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d3epth.models.upsampling import subpixel_upsample_conv
+from d3epth.models.upsampling import BilinearUpsampleConv2d
 
 __all__ = [
     "DepthHead",
@@ -92,7 +92,14 @@ def _norm(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
 
 
-def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, norm: str = "group") -> nn.Sequential:
+def conv_norm_act(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int = 3,
+    norm: str = "group",
+    padding_mode: str = "zeros",
+    upsample: bool = False,
+) -> nn.Sequential:
     """``Conv2d -> norm -> ReLU`` with "same" padding; the conv has a bias only when there is no norm after it.
 
     Args:
@@ -101,15 +108,22 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, nor
         kernel_size: odd kernel size.
         norm: ``"group"`` (GroupNorm, default: batch-size independent, the teacher-matched recipes train with
             micro-batches of 2), ``"batch"`` or ``"none"``.
+        padding_mode: ``nn.Conv2d``'s (``"zeros"``, ``"replicate"``, ...).
+        upsample: the conv first upsamples its input x2 bilinearly
+            (:class:`~d3epth.models.upsampling.BilinearUpsampleConv2d`; 3x3 with replicate padding only).
 
     Returns:
         The block as an ``nn.Sequential``.
     """
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=norm == "none"),
-        _norm(norm, out_channels),
-        nn.ReLU(inplace=True),
-    )
+    bias = norm == "none"
+    if upsample:
+        if (kernel_size, padding_mode) != (3, "replicate"):
+            raise ValueError(f"an upsampling conv is 3x3 with replicate padding, got {kernel_size}, {padding_mode!r}")
+        conv: nn.Conv2d = BilinearUpsampleConv2d(in_channels, out_channels, bias=bias)
+    else:
+        padding = kernel_size // 2
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias, padding_mode=padding_mode)
+    return nn.Sequential(conv, _norm(norm, out_channels), nn.ReLU(inplace=True))
 
 
 def decoder_strides(strides: Sequence[float]) -> list[float]:
@@ -289,13 +303,16 @@ class DepthHead(nn.Module):
 
     Each stage halves the width at the current (low) resolution, where convolutions are cheap, and then upsamples
     x2 bilinearly; backbone maps finer than the FPN (e.g. the stride-2 stem of ResNets/EfficientNets) are added at
-    their stride through 1x1 projections, to recover edges. The last conv (3x3, to 1 channel, replicate padding
-    like the student's input padding) runs at full resolution and smooths the bilinear upsampling. With
-    ``in_stride = 4`` and width 128 this is ``conv3x3(128->64) @1/4, conv3x3(64->32) @1/2, conv3x3(32->1) @1/1``.
-    Where the last upsampling is exactly x2 and no skip joins after it (every power-of-two ``in_stride``), that
-    upsampling and the last conv are computed together as one sub-pixel convolution at 1/2
-    (:func:`~d3epth.models.upsampling.subpixel_upsample_conv`): the same values without the full-resolution
-    ``[B,C,H,W]`` map.
+    their stride through 1x1 projections, to recover edges. The last conv (3x3, to 1 channel) runs at full
+    resolution and smooths the bilinear upsampling. With ``in_stride = 4`` and width 128 this is
+    ``conv3x3(128->64) @1/4, conv3x3(64->32) @1/2, conv3x3(32->1) @1/1``. Every conv of the head pads by replication,
+    like the student's input: a depth map does not fall to zero outside the image.
+
+    Where an upsampling is exactly x2 and no skip is added after it (every stage, for a power-of-two ``in_stride``
+    and no skips), the conv that reads it is a :class:`~d3epth.models.upsampling.BilinearUpsampleConv2d`: upsampling
+    and conv are computed as one sub-pixel convolution at the lower resolution, the same values without the
+    upsampled map (at 480x640: a 64-channel map at 1/2 and a 32-channel one at 1/1, the two largest tensors of the
+    student).
 
     Output range: ``activation="none"`` (default) gives unbounded, affine-invariant depth: the stage-2 loss is
     scale-and-shift invariant and the evaluator aligns every image, so bounding the output would only saturate
@@ -327,28 +344,32 @@ class DepthHead(nn.Module):
             raise ValueError(f"in_stride must be >= 1, got {in_stride}")
         self.activation = activation
         self.stage_strides: list[float] = self.stage_strides_for(in_stride)
-        self.stages = nn.ModuleList()
-        self.skips = nn.ModuleDict()
-        width = in_channels
-        for _ in self.stage_strides:
-            out = max(width // 2, min_channels)
-            self.stages.append(conv_norm_act(width, out, 3, norm))
-            width = out
         skip_channels = skip_channels or {}
-        for stride, channels in skip_channels.items():
+        for stride in skip_channels:
             if stride not in self.stage_strides:
                 raise ValueError(f"skip stride {stride} is not one of the head's stage strides {self.stage_strides}")
+        # Stage j's conv runs at conv_strides[j] and its output is resized to stage_strides[j]; the next conv folds
+        # that resize in when it is x2 (maps at stride s have exactly H_pad / s rows, so the ratio of strides is the
+        # ratio of sizes) and no skip is added in between.
+        conv_strides = [in_stride, *self.stage_strides][: len(self.stage_strides)]
+        self.folded: tuple[bool, ...] = tuple(
+            a == 2 * b and b not in skip_channels for a, b in zip(conv_strides, self.stage_strides, strict=True)
+        )
+        self.stages = nn.ModuleList()
+        width = in_channels
+        for j in range(len(self.stage_strides)):
+            out = max(width // 2, min_channels)
+            upsample = j > 0 and self.folded[j - 1]
+            self.stages.append(conv_norm_act(width, out, 3, norm, padding_mode="replicate", upsample=upsample))
+            width = out
+        self.skips = nn.ModuleDict()
+        for stride, channels in skip_channels.items():
             j = self.stage_strides.index(stride)
             self.skips[str(j)] = nn.Conv2d(channels, self.stage_width(j), 1)
-        self.out = nn.Conv2d(width, 1, 3, padding=1, padding_mode="replicate")
-        # The stride each stage's conv runs at; the last stage's x2 upsampling folds into `out` when nothing is added
-        # after it (maps at stride s have exactly H_pad / s rows, so the ratio of strides is the ratio of sizes).
-        conv_strides = [in_stride, *self.stage_strides[:-1]]
-        self.fold_last_upsample = (
-            bool(self.stages)
-            and conv_strides[-1] == 2 * self.stage_strides[-1]
-            and str(len(self.stages) - 1) not in self.skips
-        )
+        if self.folded and self.folded[-1]:
+            self.out: nn.Conv2d = BilinearUpsampleConv2d(width, 1)
+        else:
+            self.out = nn.Conv2d(width, 1, 3, padding=1, padding_mode="replicate")
 
     @staticmethod
     def stage_strides_for(in_stride: float) -> list[float]:
@@ -375,14 +396,13 @@ class DepthHead(nn.Module):
         """
         hp, wp = padded_size
         skips = skips or {}
-        last = len(self.stages) - 1
         for j, (stage, stride) in enumerate(zip(self.stages, self.stage_strides, strict=True)):
             x = stage(x)
-            if j == last and self.fold_last_upsample:
-                break
+            if self.folded[j]:
+                continue  # the next conv upsamples
             x = resize_to(x, (scaled_size(hp, stride), scaled_size(wp, stride)))
             key = str(j)
             if key in self.skips:
                 x = x + self.skips[key](skips[stride])
-        x = subpixel_upsample_conv(x, self.out) if self.fold_last_upsample else self.out(resize_to(x, (hp, wp)))
+        x = self.out(x)
         return torch.tanh(x) if self.activation == "tanh" else x

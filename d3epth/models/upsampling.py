@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PHASE_TAPS", "subpixel_upsample_conv", "subpixel_weight"]
+__all__ = ["PHASE_TAPS", "BilinearUpsampleConv2d", "subpixel_weight"]
 
 #: ``PHASE_TAPS[a][k][m]``: weight of ``x[i + m - 1]`` in ``u[2i + a + k - 1]`` (bilinear x2, ``align_corners=False``).
 PHASE_TAPS = torch.tensor(
@@ -52,22 +52,24 @@ def subpixel_weight(weight: torch.Tensor) -> torch.Tensor:
     return kernels.reshape(4 * weight.shape[0], weight.shape[1], 3, 3)
 
 
-def subpixel_upsample_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(interpolate(x, scale_factor=2, mode="bilinear"))`` without the upsampled map.
+class BilinearUpsampleConv2d(nn.Conv2d):
+    """``conv3x3(interpolate(x, scale_factor=2, mode="bilinear"))``, computed without the upsampled map.
+
+    An ``nn.Conv2d`` (3x3, stride 1, padding 1 by replication) whose input is the map *before* the x2 upsampling: its
+    parameters, state-dict keys and BatchNorm folding are those of the plain convolution, only the input is half the
+    size.
 
     Args:
-        x: [B,C,h,w].
-        conv: a 3x3, stride-1, ungrouped, undilated convolution with ``padding=1, padding_mode="replicate"``.
-
-    Returns:
-        [B,O,2h,2w], equal (up to rounding) to the convolution of the bilinearly upsampled ``x``.
-
-    Raises:
-        ValueError: ``conv`` is not such a convolution.
+        in_channels: input channels.
+        out_channels: output channels.
+        bias: add a learnable bias.
     """
-    shape = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
-    if shape != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "replicate"):
-        raise ValueError(f"expected a 3x3 stride-1 convolution with replicate padding 1, got {conv}")
-    bias = None if conv.bias is None else conv.bias.repeat_interleave(4)
-    padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    return F.pixel_shuffle(F.conv2d(padded, subpixel_weight(conv.weight), bias), 2)
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1, bias=bias, padding_mode="replicate")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B,C,h,w]`` -> ``[B,O,2h,2w]``, equal (up to rounding) to the convolution of the upsampled ``x``."""
+        bias = None if self.bias is None else self.bias.repeat_interleave(4)
+        padded = F.pad(x, (1, 1, 1, 1), mode="replicate")
+        return F.pixel_shuffle(F.conv2d(padded, subpixel_weight(self.weight), bias), 2)

@@ -11,35 +11,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from d3epth.models.decoder import DepthHead
-from d3epth.models.upsampling import subpixel_upsample_conv, subpixel_weight
+from d3epth.models.upsampling import BilinearUpsampleConv2d, subpixel_weight
+
+
+def replicate_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), conv.weight, conv.bias)
 
 
 def reference(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    return conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
-
-
-def replicate_conv(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, padding=1, padding_mode="replicate", bias=bias).double()
+    """The two-step form: upsample, then the convolution (replicate padding 1) with the module's own parameters."""
+    return replicate_conv(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False), conv)
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (2, 3), (7, 11), (16, 16)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_subpixel_form_equals_upsampling_then_convolution(height: int, width: int, bias: bool) -> None:
     torch.manual_seed(0)
-    conv = replicate_conv(5, 3, bias)
+    conv = BilinearUpsampleConv2d(5, 3, bias).double()
     x = torch.randn(2, 5, height, width, dtype=torch.float64)
-    out = subpixel_upsample_conv(x, conv)
+    out = conv(x)
     assert out.shape == (2, 3, 2 * height, 2 * width)
     torch.testing.assert_close(out, reference(x, conv), atol=1e-12, rtol=0)
 
 
 def test_gradients_equal_those_of_the_two_step_form() -> None:
     torch.manual_seed(1)
-    conv = replicate_conv(4, 2)
+    conv = BilinearUpsampleConv2d(4, 2).double()
     x = torch.randn(1, 4, 6, 9, dtype=torch.float64, requires_grad=True)
     upstream = torch.randn(1, 2, 12, 18, dtype=torch.float64)
     grads = []
-    for fn in (subpixel_upsample_conv, reference):
+    for fn in (lambda x, conv: conv(x), reference):
         conv.zero_grad()
         x.grad = None
         (fn(x, conv) * upstream).sum().backward()
@@ -60,23 +61,29 @@ def test_an_identity_kernel_reproduces_bilinear_upsampling() -> None:
     torch.testing.assert_close(phases.sum((1, 2)), torch.ones(4, dtype=torch.float64))
 
 
-def test_zero_padded_convolutions_are_refused() -> None:
-    with pytest.raises(ValueError, match="replicate"):
-        subpixel_upsample_conv(torch.randn(1, 2, 4, 4), nn.Conv2d(2, 1, 3, padding=1))
+def two_step_head(head: DepthHead, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The head with every upsampling materialised: conv (plain, replicate padding), norm, ReLU, F.interpolate."""
+    for stage, stride in zip(head.stages, head.stage_strides, strict=True):
+        x = stage[1:](replicate_conv(x, stage[0]))
+        x = F.interpolate(x, size=(int(size[0] / stride), int(size[1] / stride)), mode="bilinear")
+    return replicate_conv(x, head.out)
 
 
 @pytest.mark.parametrize("in_stride", [2, 4, 8])
-def test_depth_head_folds_its_last_upsampling_without_changing_the_output(in_stride: int) -> None:
+def test_depth_head_folds_every_x2_upsampling_without_changing_the_output(in_stride: int) -> None:
     torch.manual_seed(2)
-    head = DepthHead(16, in_stride).double().eval()
-    assert head.fold_last_upsample
-    x = torch.randn(1, 16, 40 // in_stride, 56 // in_stride, dtype=torch.float64)
-    folded = head(x, (40, 56))
-    head.fold_last_upsample = False  # the two-step path: resize to full resolution, then the conv
-    torch.testing.assert_close(folded, head(x, (40, 56)), atol=1e-12, rtol=0)
+    head = DepthHead(32, in_stride).double().eval()
+    convs = [stage[0] for stage in head.stages[1:]] + [head.out]
+    assert all(isinstance(conv, BilinearUpsampleConv2d) for conv in convs) and head.folded == (True,) * len(convs)
+    x = torch.randn(1, 32, 80 // in_stride, 112 // in_stride, dtype=torch.float64)
+    torch.testing.assert_close(head(x, (80, 112)), two_step_head(head, x, (80, 112)), atol=1e-12, rtol=0)
 
 
-def test_depth_head_keeps_two_steps_where_the_last_upsampling_is_not_x2_or_a_skip_follows_it() -> None:
-    assert not DepthHead(16, 3.5).fold_last_upsample  # 1.75 -> 1
-    assert not DepthHead(16, 1).fold_last_upsample  # no upsampling at all
-    assert not DepthHead(16, 2, skip_channels={1.0: 3}).fold_last_upsample
+def test_depth_head_keeps_two_steps_where_an_upsampling_is_not_x2_or_a_skip_follows_it() -> None:
+    assert DepthHead(16, 3.5).folded == (True, False)  # 3.5 -> 1.75 (x2) -> 1 (x1.75)
+    assert DepthHead(16, 1).folded == ()  # no upsampling at all
+    head = DepthHead(16, 4, skip_channels={2.0: 3})
+    assert head.folded == (False, True)  # the skip is added at 1/2, after that upsampling
+    assert not isinstance(head.stages[1][0], BilinearUpsampleConv2d) and isinstance(head.out, BilinearUpsampleConv2d)
+    x, skip = torch.randn(1, 16, 10, 14), torch.randn(1, 3, 20, 28)
+    assert head(x, (40, 56), {2.0: skip}).shape == (1, 1, 40, 56)
