@@ -1,14 +1,15 @@
 """A x2 bilinear upsampling followed by a 3x3 convolution, computed as one sub-pixel convolution at the low resolution.
 
-The depth head ends with ``conv3x3(upsample_x2(x))`` (:class:`~d3epth.models.decoder.DepthHead`). At 480x640 the
-upsampled 32-channel map is the largest tensor of the whole student (9.8 M values), and writing it and reading it
-back is pure memory traffic: with the ``fastvit_t8`` student in bf16 on a 2-core EPYC, that upsampling and the
-full-resolution convolution took ~9 ms of ~54 ms. Both steps are linear, so their composition is one linear map of
-the low-resolution input, and it has a sub-pixel form (Shi et al., "Real-Time Single Image and Video Super-Resolution
-Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR 2016): output pixel ``(2i + a, 2j + b)`` is a 3x3
-convolution of the low-resolution map around ``(i, j)`` with a kernel that depends on the phase ``(a, b)``. So a
-3x3 convolution to ``4 * out_channels`` channels at the low resolution followed by ``pixel_shuffle(2)`` gives the
-same values, with the same FLOPs, without the upsampled map.
+The depth head (:class:`~d3epth.models.decoder.DepthHead`) alternates 3x3 convolutions and x2 bilinear
+upsamplings; at 480x640 the upsampled maps (64 channels at 1/2, 32 at full resolution) are the largest tensors of the
+whole student, and writing them and reading them back is pure memory traffic. Both steps are linear, so their
+composition is one linear map of the low-resolution input, and it has a sub-pixel form (Shi et al., "Real-Time
+Single Image and Video Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR 2016):
+output pixel ``(2i + a, 2j + b)`` is a 3x3 convolution of the low-resolution map around ``(i, j)`` with a kernel that
+depends on the phase ``(a, b)``. So a 3x3 convolution to ``4 * out_channels`` channels at the low resolution
+followed by ``pixel_shuffle(2)`` gives the same values with the same FLOPs, without the upsampled map. Measured
+with the ``fastvit_t8`` + 128-channel student at 480x640 on a 2-core AMD EPYC, same weights, one run
+(``benchmarks/inference_speed.py``): bf16 47.3 vs 57.4 ms, fp32 72.5 vs 88.3 ms with the maps materialised.
 
 Derivation, one axis: ``align_corners=False`` bilinear x2 with clamped borders gives
 ``u[2i] = x[i-1]/4 + 3 x[i]/4`` and ``u[2i+1] = 3 x[i]/4 + x[i+1]/4`` (``x[-1] = x[0]``, ``x[n] = x[n-1]``). A 3-tap
@@ -68,6 +69,9 @@ class BilinearUpsampleConv2d(nn.Conv2d):
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1, bias=bias, padding_mode="replicate")
 
+    # Left to eager under torch.compile: Inductor's dynamic-shape code for the channels_last pad + pixel_shuffle was
+    # slow (fastvit_t8/w128 bf16 at 480x640, 2-core EPYC: compiled 74.0 ms vs eager 46.2; with this, 43.7 vs 43.4).
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B,C,h,w]`` -> ``[B,O,2h,2w]``, equal (up to rounding) to the convolution of the upsampled ``x``."""
         bias = None if self.bias is None else self.bias.repeat_interleave(4)
