@@ -8,8 +8,9 @@ Single Image and Video Super-Resolution Using an Efficient Sub-Pixel Convolution
 output pixel ``(2i + a, 2j + b)`` is a 3x3 convolution of the low-resolution map around ``(i, j)`` with a kernel that
 depends on the phase ``(a, b)``. So a 3x3 convolution to ``4 * out_channels`` channels at the low resolution
 followed by ``pixel_shuffle(2)`` gives the same values with the same FLOPs, without the upsampled map. Measured
-with the ``fastvit_t8`` + 128-channel student at 480x640 on a 2-core AMD EPYC, same weights, one run
-(``benchmarks/inference_speed.py``): bf16 47.3 vs 57.4 ms, fp32 72.5 vs 88.3 ms with the maps materialised.
+with the ``fastvit_t8`` + 128-channel student at 480x640 on 2 AMD EPYC cores, same weights, side by side
+(``benchmarks/inference_speed.py``, two runs, best-of): bf16 42.3 / 54.3 ms vs 52.2 / 60.4 ms with the maps
+materialised, fp32 65.0 / 77.8 vs 73.7 / 94.0 ms.
 
 Derivation, one axis: ``align_corners=False`` bilinear x2 with clamped borders gives
 ``u[2i] = x[i-1]/4 + 3 x[i]/4`` and ``u[2i+1] = 3 x[i]/4 + x[i+1]/4`` (``x[-1] = x[0]``, ``x[n] = x[n-1]``). A 3-tap
