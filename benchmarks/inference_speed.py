@@ -114,8 +114,9 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
 def materialise_upsampling(model: nn.Module) -> nn.Module:
     """The same network with the depth head's upsampling computed in two steps (upsample, then a plain conv).
 
-    The form the head had before :class:`~d3epth.models.upsampling.BilinearUpsampleConv2d`, with the same weights
-    and the same outputs: the arm beside it measures what folding the upsampling into the next conv saves.
+    The computation of the head before :class:`~d3epth.models.upsampling.BilinearUpsampleConv2d` (with its
+    replicate padding), same weights, same outputs (``tests/models/test_upsampling.py``): the arm beside the default
+    one measures what folding the upsampling into the next conv saves.
     """
     for head in (m for m in model.modules() if isinstance(m, DepthHead)):
         for parent, name in [(stage, "0") for stage in head.stages] + [(head, "out")]:
@@ -223,7 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm backbone (default {DEFAULT_BACKBONE})")
-    parser.add_argument("--decoder-channels", type=int, default=128)
+    parser.add_argument("--decoder-channels", type=int, default=32, help="default 32: configs/stage1.yaml")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--peak-shape", type=int, nargs=4, default=(4, 256, 56, 56), metavar=("B", "C", "H", "W"))
