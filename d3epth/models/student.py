@@ -4,8 +4,8 @@ D³epth (ACML 2025) distils a diffusion depth teacher (Marigold / E2E-FT) into a
 stages: stage 1 matches the teacher's depth latent (and optionally UNet features), stage 2 refines depth in pixel
 space. The paper does not publish the student architecture; this one is an assumption documented here:
 
-* backbone: any timm model with ``features_only=True``; the default ``fastvit_t8`` (3.5M parameters with the
-  128-channel decoder, a 4-level pyramid at strides 4-32) is the most accurate student measured at >= 100x the speed of
+* backbone: any timm model with ``features_only=True``; the default ``fastvit_t8`` (3.2M parameters with the default
+  32-channel decoder, a 4-level pyramid at strides 4-32) is the most accurate student measured at >= 100x the speed of
   the SD2-shaped one-step teacher on a CPU (benchmarks/student_pareto.py); ``test_*`` timm
   models (e.g. ``test_efficientnet``, 82K parameters) are the tiny CPU/test variants;
 * decoder: :class:`~d3epth.models.decoder.FPNDecoder` (see that module for why FPN rather than DPT);
@@ -103,7 +103,7 @@ class DepthStudent(nn.Module):
         backbone: str = DEFAULT_BACKBONE,
         pretrained_weights: str | None = None,
         out_indices: Sequence[int] | None = None,
-        decoder_channels: int = 128,
+        decoder_channels: int = 32,
         heads: Sequence[str] = ("latent", "depth"),
         teacher_feature_channels: Sequence[int] | None = None,
         teacher_feature_strides: Sequence[int] | None = None,
