@@ -115,8 +115,8 @@ def materialise_upsampling(model: nn.Module) -> nn.Module:
     """The same network with the depth head's upsampling computed in two steps (upsample, then a plain conv).
 
     The computation of the head before :class:`~d3epth.models.upsampling.BilinearUpsampleConv2d` (with its
-    replicate padding), same weights, same outputs (``tests/models/test_upsampling.py``): the arm beside the default
-    one measures what folding the upsampling into the next conv saves.
+    replicate padding), same weights, same outputs (``tests/benchmarks/test_inference_speed.py``): the arm beside
+    the default one measures what folding the upsampling into the next conv saves.
     """
     for head in (m for m in model.modules() if isinstance(m, DepthHead)):
         for parent, name in [(stage, "0") for stage in head.stages] + [(head, "out")]:

@@ -34,3 +34,25 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
     (accuracy,) = results["accuracy"].values()
     assert accuracy["images"] == 2 and 0 <= accuracy["median_rel_error"] <= accuracy["max_rel_error"] < 1
     assert accuracy["abs_rel_change"] == pytest.approx(accuracy["abs_rel_bf16"] - accuracy["abs_rel_fp32"])
+
+
+def test_materialised_upsampling_keeps_the_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's two-step arm runs the same function as the default arm, with the upsampled maps written."""
+    import copy
+
+    import torch
+
+    from d3epth.models.depth_model import StudentDepthModel
+    from d3epth.models.student import TINY_BACKBONE, DepthStudent
+    from d3epth.models.upsampling import BilinearUpsampleConv2d
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = load_benchmark("inference_speed")
+    torch.manual_seed(0)
+    model = StudentDepthModel(DepthStudent(TINY_BACKBONE, heads=("depth",), decoder_channels=16)).double().eval()
+    assert any(isinstance(m, BilinearUpsampleConv2d) for m in model.modules())
+    two_step = module.materialise_upsampling(copy.deepcopy(model))
+    assert not any(isinstance(m, BilinearUpsampleConv2d) for m in two_step.modules())
+    image = torch.rand(1, 3, 45, 70, dtype=torch.float64) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(two_step(image), model(image), atol=1e-10, rtol=0)
