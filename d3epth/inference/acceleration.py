@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from d3epth.inference.predictor import DepthPredictor, ModuleDepthPredictor, TeacherDepthPredictor
+from d3epth.models.cpu_layers import use_fast_cpu_layers
 from d3epth.models.fusion import fuse_conv_bn
 from d3epth.utils.allocator import reuse_freed_memory
 
@@ -125,7 +126,9 @@ def prepare_for_inference(
             converted to it after fusion (which runs in fp32).
         fuse: fold BatchNorms into their convolutions (:func:`~d3epth.models.fusion.fuse_conv_bn`), found by running
             the model once on a small ``1x3x(2m)x(2m)`` image, ``m`` its ``size_multiple``.
-        channels_last: store 4-D weights as channels_last (the activations follow, :class:`InferenceModel`).
+        channels_last: store 4-D weights as channels_last (the activations follow, :class:`InferenceModel`); on
+            the CPU, also swap in the layers that are faster on channels_last activations
+            (:func:`~d3epth.models.cpu_layers.use_fast_cpu_layers`).
         compile: wrap the network in ``torch.compile(dynamic=True)`` with Inductor's ``freezing``: one graph for
             every input size, so a new image size does not recompile; the weights are folded in as constants, and
             Inductor fuses the element-wise ops between the convolutions (fastvit_t8/w128 at 480x640, bf16: on 2
@@ -146,6 +149,8 @@ def prepare_for_inference(
         fuse_conv_bn(model, lambda m: m(example))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            use_fast_cpu_layers(model)
     model = model.to(dtype)
     if compile:
         model = torch.compile(model, dynamic=True, options={"freezing": True})

@@ -25,12 +25,16 @@ def reference(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (2, 3), (7, 11), (16, 16)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_subpixel_form_equals_upsampling_then_convolution(height: int, width: int, bias: bool) -> None:
+@pytest.mark.parametrize("out_channels", [3, 1])  # one output channel: the hand-written pixel shuffle
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_subpixel_form_equals_upsampling_then_convolution(
+    height: int, width: int, bias: bool, out_channels: int, memory_format: torch.memory_format
+) -> None:
     torch.manual_seed(0)
-    conv = BilinearUpsampleConv2d(5, 3, bias).double()
-    x = torch.randn(2, 5, height, width, dtype=torch.float64)
+    conv = BilinearUpsampleConv2d(5, out_channels, bias).double().to(memory_format=memory_format)
+    x = torch.randn(2, 5, height, width, dtype=torch.float64).contiguous(memory_format=memory_format)
     out = conv(x)
-    assert out.shape == (2, 3, 2 * height, 2 * width)
+    assert out.shape == (2, out_channels, 2 * height, 2 * width)
     torch.testing.assert_close(out, reference(x, conv), atol=1e-12, rtol=0)
 
 
