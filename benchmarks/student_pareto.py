@@ -5,10 +5,12 @@ measures, in one run:
 
 * parameters and GFLOPs per image at 480x640 (``torch.utils.flop_counter``, 2 per multiply-add, depth head only:
   the inference path);
-* CPU ms/image at 480x640, channels_last, in fp32 and in bf16 autocast, beside the SD2-shaped one-step teacher
-  (VAE encode -> 8-channel UNet at t=999 -> VAE decode, random weights, see ``student_speed.py``) timed in the same
-  run and the same precision. The students are timed in rounds (one call of each student per round, the teacher
-  once in some of the rounds), so that a change in machine load hits every arm alike; the median per arm is kept;
+* CPU ms/image at 480x640 in fp32 and in bf16, each student in the inference form that ``tools/predict.py`` runs
+  (:func:`~d3epth.inference.acceleration.prepare_for_inference`: fused, channels_last, converted to the precision),
+  beside the SD2-shaped one-step teacher (VAE encode -> 8-channel UNet at t=999 -> VAE decode, random weights, see
+  ``student_speed.py``; channels_last, under autocast as the teacher predictor runs it) timed in the same run and
+  the same precision. The students are timed in rounds (one call of each student per round, the teacher once in
+  some of the rounds), so that a change in machine load hits every arm alike; the median per arm is kept;
 * held-out accuracy (AbsRel, δ1 on the Hypersim-like and NYU-like test scenes of the generated sample data) after
   the same scaled stage-1 + stage-2 budget for every student, distilling the one sample teacher that the quick
   start's autoencoder + teacher stages train once (the sample configs with the backbone and width overridden).
@@ -26,6 +28,7 @@ Weights are random (timing does not depend on them; accuracy comes from the samp
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -49,6 +52,8 @@ from student_speed import (
     time_callable,
 )
 
+from d3epth.inference.acceleration import prepare_for_inference
+from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.student import DepthStudent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,15 +142,16 @@ def measure_speed(students: Sequence[Student], args: argparse.Namespace) -> tupl
         ``{student name: {"params_m", "gflops", "ms_fp32", "ms_bf16", "times_fp32", "times_bf16"}}`` and
         ``{"ms_fp32", "ms_bf16", "gflops", "times_fp32", "times_bf16"}`` for the teacher (ms per 1x3xHxW image).
     """
-    image = (torch.rand(1, 3, args.height, args.width) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    models: dict[str, nn.Module] = {}
+    image = torch.rand(1, 3, args.height, args.width) * 2 - 1
+    models: dict[str, dict[str, nn.Module]] = {tag: {} for tag in PRECISIONS}
     rows: dict[str, dict] = {}
     for s in students:
-        model = DepthStudent(s.backbone, heads=("depth",), decoder_channels=s.width).eval()
-        models[s.name] = model.to(memory_format=torch.channels_last)
+        model = StudentDepthModel(DepthStudent(s.backbone, heads=("depth",), decoder_channels=s.width)).eval()
         with torch.inference_mode():
-            flops = count_flops(lambda m=model: m(image, heads=("depth",)))
+            flops = count_flops(lambda m=model: m(image))
         rows[s.name] = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "gflops": flops / 1e9}
+        for tag in PRECISIONS:  # what tools/predict.py runs: fused, channels_last, converted to the precision
+            models[tag][s.name] = prepare_for_inference(copy.deepcopy(model), tag)
         print(f"  built {s.name}: {rows[s.name]['params_m']:.2f} M params, {flops / 1e9:.1f} GFLOPs", flush=True)
 
     unet, vae = build_teacher(args.teacher)
@@ -163,16 +169,17 @@ def measure_speed(students: Sequence[Student], args: argparse.Namespace) -> tupl
 
     for tag, dtype in PRECISIONS.items():
 
-        def runner(fn: Callable[[], object], dtype: torch.dtype = dtype) -> Callable[[], object]:
+        def runner(fn: Callable[[], object], autocast: torch.dtype = torch.float32) -> Callable[[], object]:
             @torch.inference_mode()
             def run() -> object:
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                with torch.autocast("cpu", dtype=autocast, enabled=autocast != torch.float32):
                     return fn()
 
             return run
 
-        calls = {name: runner(lambda m=m: m(image, heads=("depth",))) for name, m in models.items()}
-        teacher_call = runner(lambda: teacher_step(unet, vae, t_image, text, timestep))
+        calls = {name: runner(lambda m=m: m(image)) for name, m in models[tag].items()}
+        # The teacher under autocast, as accelerate_predictor runs it (its UNet and VAE have no BatchNorm to fold).
+        teacher_call = runner(lambda: teacher_step(unet, vae, t_image, text, timestep), dtype)
         for call in calls.values():
             time_callable(call, "cpu", args.warmup, 0)
         time_callable(teacher_call, "cpu", 1, 0)
@@ -424,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     hardware = describe_hardware(["cpu"])
     print(hardware, flush=True)
-    print(f"== speed: {len(students)} students at {args.height}x{args.width}, channels_last, fp32 and bf16", flush=True)
+    print(f"== speed: {len(students)} students at {args.height}x{args.width}, fp32 and bf16", flush=True)
     speed, teacher = measure_speed(students, args)
     speed_s = time.perf_counter() - start
     print(f"== accuracy: sample stage 1 + stage 2, {' + '.join(map(str, args.stage_steps))} steps each", flush=True)
@@ -437,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = (
         f"Student Pareto front, one run ({elapsed / 60:.1f} min: speed {speed_s / 60:.1f} min, accuracy "
         f"{(elapsed - speed_s) / 60:.1f} min). {hardware.splitlines()[1]}; {hardware.splitlines()[2]}. Speed: "
-        f"1x3x{args.height}x{args.width}, channels_last, median of {args.rounds} rounds (teacher: "
+        f"1x3x{args.height}x{args.width}, students in their inference form (fused, channels_last, converted), "
+        f"teacher channels_last under autocast, median of {args.rounds} rounds (teacher: "
         f"{args.teacher_repeats}). Accuracy: sample test split after {args.stage_steps[0]} stage-1 + "
         f"{args.stage_steps[1]} stage-2 steps, autoencoder / teacher trained {args.teacher_steps[0]} / "
         f"{args.teacher_steps[1]} steps, seed {args.seed}."
