@@ -8,8 +8,10 @@ Prints, in one process with the same threads:
 (b) the default student (``d3epth.models.student.DEFAULT_BACKBONE``, light head) at 480x640: ms/image as the tools
     ran it before (fp32, NCHW, eager, unfused) and as they run it now (:func:`~d3epth.inference.acceleration.
     prepare_for_inference`: fused, channels_last, fp32 and bf16), eager / ``torch.compile(dynamic=True)`` /
-    ONNX Runtime (fp32 only: its CPU provider has no bf16 convolutions), and the eager arms once more with the
-    head's upsampled maps materialised (:func:`materialise_upsampling`), the arms alternated round by round, in a
+    ONNX Runtime (fp32 only: its CPU provider has no bf16 convolutions), the eager arms once more with the head's
+    upsampled maps materialised (:func:`materialise_upsampling`) and once more with ATen's GELU and grouped
+    convolutions (``prepare_for_inference(..., cpu_layers=False)``, :mod:`d3epth.models.cpu_layers`), and the bf16
+    arm on a batch (``--batch``, per image: throughput), the arms alternated round by round, in a
     process that keeps freed memory for reuse as the tools do (:func:`~d3epth.utils.allocator.reuse_freed_memory`;
     the "before" arm shares it, so "vs before" leaves out that setting's gain); the achieved FLOP/s (FLOPs of the
     unfused network; fusing ``fastvit_t8``'s re-parameterisable blocks removes 0.3 % of them) and its share of
@@ -88,6 +90,13 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
         arms[f"eager {precision} fused channels_last"] = lambda m=eager: m(image)
         two_step = prepare_for_inference(materialise_upsampling(copy.deepcopy(model)), precision)
         arms[f"  same, upsampled maps materialised ({precision})"] = lambda m=two_step: m(image)
+        aten = prepare_for_inference(copy.deepcopy(model), precision, cpu_layers=False)
+        arms[f"  same, ATen GELU + grouped convs ({precision})"] = lambda m=aten: m(image)
+    if args.batch > 1:  # throughput (predict --batch-size, evaluate's batches): timed per call, reported per image
+        name = f"eager bf16 fused channels_last, batch {args.batch}"
+        batch = image.expand(args.batch, -1, -1, -1).contiguous()
+        arms[name] = lambda m=eager: m(batch)  # the bf16 model of the loop's last pass
+        args.images_per_call[name] = args.batch
     # bf16 by autocast (weights re-cast at every call) instead of a converted model: why the tools convert.
     fp32 = prepare_for_inference(copy.deepcopy(model), "fp32")
 
@@ -231,6 +240,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds; every arm runs once per round")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--batch", type=int, default=4, help="images per call of the batched bf16 arm (1: no such arm)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile arms")
     parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime arm")
     parser.add_argument("--data", default="sample_data", help="sample data root (its nyuv2/ test frames)")
@@ -268,9 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = (args.height, args.width)
     image = torch.rand(1, 3, *size) * 2 - 1
     gflop = count_flops(lambda: model(image)) / 1e9
-    args.setup = {}
+    args.setup, args.images_per_call = {}, {}
     arms = build_arms(model, size, args)
     times = time_arms({**peak_arms, **arms}, args.warmup, args.rounds)
+    for name, images in args.images_per_call.items():
+        times[name] = [t / images for t in times[name]]
     peaks, peak_times = {}, {}
     for name, flops in peak_flops.items():
         peak_times[name] = times.pop(f"peak conv {name}")

@@ -1,7 +1,7 @@
 """Preparing a model for fast inference: conv + BatchNorm fusion, channels_last, a precision, optional compile.
 
-The one place where ``tools/predict.py``, ``tools/evaluate.py``, the exported model's ONNX graph and
-``benchmarks/inference_speed.py`` get their inference form of a student::
+The one place where ``tools/predict.py``, ``tools/evaluate.py`` and ``benchmarks/inference_speed.py`` get their
+inference form of a student (the exported ONNX graph shares its conv + BatchNorm fusion)::
 
     model = prepare_for_inference(load_student("exported/student"), precision="auto")
     depth = model(image)  # float32 [B,1,H,W]
@@ -10,13 +10,16 @@ Measured on a 2-core AMD EPYC with AVX-512 BF16 (``benchmarks/inference_speed.py
 channels_last lets oneDNN pick its blocked convolution kernels without a layout reorder before every convolution,
 and bf16 roughly halves the time again on CPUs with native bf16 dot products (AVX512-BF16 or AMX) and on
 GPUs with bf16 tensor cores. Where the hardware has no native bf16, ``auto`` stays fp32: emulated bf16 is slower.
-fp16 is never chosen by ``auto`` (its narrower range can overflow); ask for it on GPUs without bf16.
+fp16 is never chosen by ``auto`` (its narrower range can overflow); ask for it on GPUs without bf16. On the CPU,
+GELU and depthwise convolutions with a channel multiplier are swapped for forms that reach oneDNN's fast kernels on
+channels_last activations (:mod:`d3epth.models.cpu_layers`; ``fastvit_t8``/w32 at 480x640, side by side: 1.25x in bf16,
+1.12-1.18x in fp32 at the median of two runs).
 
 Precision names: ``auto`` (bf16 where :func:`bf16_supported`, else fp32), ``fp32``, ``bf16``, ``fp16``. A student
 in a reduced precision is *converted* (weights and input in bf16 / fp16; PyTorch's CPU norm kernels still accumulate
 in fp32) rather than run under :func:`torch.autocast`, which re-casts every weight at every call and keeps the fp32
-weights: the converted model holds half the memory and was as fast or faster in the measurements (5 % faster at the
-median in the README's run, 1.25x at best-of in a more loaded one, 3 % slower at best-of in the README's run). The
+weights: the converted model holds half the memory and was faster in the measurements (``fastvit_t8``/w32, two runs:
+median 35.3 vs 38.2 ms and 25.0 vs 30.2 ms; for the 128-channel head 3 % slower to 25 % faster in earlier ones). The
 depth map is returned in fp32. (Diffusion teachers use autocast, :func:`accelerate_predictor`.)
 """
 
@@ -114,6 +117,7 @@ def prepare_for_inference(
     fuse: bool = True,
     channels_last: bool = True,
     compile: bool = False,
+    cpu_layers: bool = True,
 ) -> InferenceModel:
     """Eval mode, conv + BatchNorm fusion, channels_last weights, a dtype and optionally ``torch.compile``.
 
@@ -126,9 +130,10 @@ def prepare_for_inference(
             converted to it after fusion (which runs in fp32).
         fuse: fold BatchNorms into their convolutions (:func:`~d3epth.models.fusion.fuse_conv_bn`), found by running
             the model once on a small ``1x3x(2m)x(2m)`` image, ``m`` its ``size_multiple``.
-        channels_last: store 4-D weights as channels_last (the activations follow, :class:`InferenceModel`); on
-            the CPU, also swap in the layers that are faster on channels_last activations
-            (:func:`~d3epth.models.cpu_layers.use_fast_cpu_layers`).
+        channels_last: store 4-D weights as channels_last (the activations follow, :class:`InferenceModel`).
+        cpu_layers: with ``channels_last`` on the CPU, swap in the forms of GELU and of channel-multiplier depthwise
+            convolutions that are faster on channels_last activations
+            (:func:`~d3epth.models.cpu_layers.use_fast_cpu_layers`; same function, same parameters).
         compile: wrap the network in ``torch.compile(dynamic=True)`` with Inductor's ``freezing``: one graph for
             every input size, so a new image size does not recompile; the weights are folded in as constants, and
             Inductor fuses the element-wise ops between the convolutions (fastvit_t8/w128 at 480x640, bf16: on 2
@@ -149,7 +154,7 @@ def prepare_for_inference(
         fuse_conv_bn(model, lambda m: m(example))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        if device.type == "cpu":
+        if cpu_layers and device.type == "cpu":
             use_fast_cpu_layers(model)
     model = model.to(dtype)
     if compile:

@@ -24,8 +24,11 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
         "before: fp32 NCHW eager unfused",
         "eager fp32 fused channels_last",
         "  same, upsampled maps materialised (fp32)",
+        "  same, ATen GELU + grouped convs (fp32)",
         "eager bf16 fused channels_last",
         "  same, upsampled maps materialised (bf16)",
+        "  same, ATen GELU + grouped convs (bf16)",
+        "eager bf16 fused channels_last, batch 4",
         "eager bf16 autocast fused channels_last",
     }
     for arm in arms.values():

@@ -108,3 +108,10 @@ def test_prepare_for_inference_swaps_them_into_fastvit_and_keeps_its_outputs() -
     # fastvit_t8: GELU after every conv block and MLP; its three patch embeddings double the channels depthwise.
     assert kinds.count(ChannelMultiplierConv2d) == 3 and NHWCGELU in kinds and nn.GELU not in kinds
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_prepare_for_inference_can_keep_the_plain_layers() -> None:
+    """``cpu_layers=False`` (the benchmark's side-by-side arm) leaves GELU and the grouped convolutions as they are."""
+    model = StudentDepthModel(DepthStudent("fastvit_t8", heads=("depth",), decoder_channels=16)).eval()
+    kinds = {type(m) for m in prepare_for_inference(model, "fp32", cpu_layers=False).modules()}
+    assert nn.GELU in kinds and NHWCGELU not in kinds and ChannelMultiplierConv2d not in kinds
