@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from student_speed import count_flops, describe_hardware  # benchmarks/ is on sys.path when run as a script
+from onednn_timing import group_primitives, primitive_times  # benchmarks/ is on sys.path when run as a script
+from student_speed import count_flops, describe_hardware
 from torch import nn
 
 from d3epth.inference.acceleration import prepare_for_inference
@@ -88,6 +89,7 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
     for precision in ("fp32", "bf16"):
         eager = prepare_for_inference(copy.deepcopy(model), precision)
         arms[f"eager {precision} fused channels_last"] = lambda m=eager: m(image)
+        args.eager[precision] = eager
         two_step = prepare_for_inference(materialise_upsampling(copy.deepcopy(model)), precision)
         arms[f"  same, upsampled maps materialised ({precision})"] = lambda m=two_step: m(image)
         aten = prepare_for_inference(copy.deepcopy(model), precision, cpu_layers=False)
@@ -278,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = (args.height, args.width)
     image = torch.rand(1, 3, *size) * 2 - 1
     gflop = count_flops(lambda: model(image)) / 1e9
-    args.setup, args.images_per_call = {}, {}
+    args.setup, args.images_per_call, args.eager = {}, {}, {}
     arms = build_arms(model, size, args)
     times = time_arms({**peak_arms, **arms}, args.warmup, args.rounds)
     for name, images in args.images_per_call.items():
@@ -328,12 +330,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     for op in ops:
         print(f"  {op['op']:<40} {op['self_ms']:>8.1f} ms {op['share']:>5.0%} ({op['calls']} calls)")
     results["top_ops"] = ops
+    results["onednn"] = onednn_section(args.eager["bf16"], image, rows[default]["best_ms"], peaks["bf16"], args)
 
     results["accuracy"] = accuracy_section(model, args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out / 'results.json'}")
     return 0
+
+
+def onednn_section(
+    model: nn.Module, image: torch.Tensor, best_ms: float, peak: dict[str, float], args: argparse.Namespace
+) -> dict[str, object]:
+    """The default arm's primitives as oneDNN times them, grouped (:mod:`onednn_timing`), and what is left.
+
+    Also times the same arm on a ``2m x 2m`` image (``m`` the size multiple): its fixed per-call cost.
+    """
+    calls = 3
+    groups = group_primitives(primitive_times(lambda: model(image), calls), calls)
+    print(f"\noneDNN primitives in one call of the default arm (oneDNN's own timing, mean of {calls} calls):")
+    for name, group in groups.items():
+        line = f"  {name:<24} {group['count']:>4.0f} x {group['ms']:>7.2f} ms"
+        if group["gflop"]:
+            rate = group["gflop"] / group["ms"] * 1e3
+            line += f" {group['gflop']:>6.2f} GFLOP {rate:>5.0f} GFLOP/s = {rate / peak['gflops_per_s']:.0%} of peak"
+        print(line)
+    outside = best_ms - sum(group["ms"] for group in groups.values())
+    small = torch.rand(1, 3, 2 * args.multiple, 2 * args.multiple) * 2 - 1
+    small_ms = min(time_arms({"small": lambda: model(small)}, args.warmup, 10)["small"])
+    print(f"  outside oneDNN (ATen kernels, per-operator overhead): {outside:.1f} of the arm's best {best_ms:.1f} ms")
+    print(f"  the same arm on a 1x3x{2 * args.multiple}x{2 * args.multiple} image: {small_ms:.1f} ms (best of 10)")
+    return {"calls": calls, "groups": groups, "outside_ms": outside, "small_image_ms": small_ms}
 
 
 def accuracy_section(model: nn.Module, args: argparse.Namespace) -> dict[str, dict[str, float]]:

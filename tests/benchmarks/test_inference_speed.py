@@ -34,6 +34,12 @@ def test_quick_run_writes_every_section(tmp_path: Path, monkeypatch: pytest.Monk
     for arm in arms.values():
         assert len(arm["times_ms"]) == 2 and arm["peak_share"] > 0 and arm["peak_share_per_round"] > 0
     assert results["top_ops"] and results["top_ops"][0]["self_ms"] > 0
+    # oneDNN's convolutions, their FLOPs read from its verbose lines, are the network's FLOPs by torch's own counter
+    # (which also counts the head's small weight einsum, run by oneDNN as a matmul).
+    groups = results["onednn"]["groups"]
+    conv_gflop = sum(g["gflop"] for name, g in groups.items() if name.endswith("convolution"))
+    assert conv_gflop == pytest.approx(results["student"]["gflop"], rel=0.01)
+    assert all(g["ms"] > 0 and g["count"] == int(g["count"]) for g in groups.values())
     (accuracy,) = results["accuracy"].values()
     assert accuracy["images"] == 2 and 0 <= accuracy["median_rel_error"] <= accuracy["max_rel_error"] < 1
     assert accuracy["abs_rel_change"] == pytest.approx(accuracy["abs_rel_bf16"] - accuracy["abs_rel_fp32"])
