@@ -5,7 +5,7 @@ descriptor, milliseconds: the oneDNN developer guide's "Verbose Mode") on the pr
 :func:`primitive_times` captures those lines for a few calls of a function (file descriptor 1 sent to a temporary
 file), and :func:`group_primitives` sums them per group: convolutions by shape class (1x1, depthwise,
 other) with their FLOPs read from the problem descriptor, every other primitive kind (``eltwise``, ``reorder``,
-``matmul``, ...) by kind. What the groups leave of the call's wall time is ATen's own kernels and per-operator
+``matmul``, ...) by kind. What the groups leave of the calls' wall time is ATen's own kernels and per-operator
 overhead.
 """
 
@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,8 +52,12 @@ def _parse(line: str) -> Primitive | None:
         return None
 
 
-def primitive_times(fn: Callable[[], object], calls: int = 3) -> list[Primitive]:
-    """The primitives oneDNN executed during ``calls`` calls of ``fn`` (after one untimed call), in order."""
+def primitive_times(fn: Callable[[], object], calls: int = 3) -> tuple[list[Primitive], float]:
+    """The primitives oneDNN executed during ``calls`` calls of ``fn`` (after one untimed call), and ms per call.
+
+    The primitives come in execution order; the wall milliseconds per call are of the same calls, in verbose mode,
+    which costs some time of its own: compare the primitives with them, not with a call timed without it.
+    """
     with torch.inference_mode():
         fn()
     sys.stdout.flush()
@@ -61,14 +66,16 @@ def primitive_times(fn: Callable[[], object], calls: int = 3) -> list[Primitive]
         os.dup2(capture.fileno(), 1)
         try:
             with torch.inference_mode(), torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                start = time.perf_counter()
                 for _ in range(calls):
                     fn()
+                wall_ms = (time.perf_counter() - start) * 1e3 / calls
             ctypes.CDLL(None).fflush(None)  # oneDNN prints through C stdio: flush it before restoring the descriptor
         finally:
             os.dup2(saved, 1)
             os.close(saved)
         capture.seek(0)
-        return [p for p in map(_parse, capture) if p is not None]
+        return [p for p in map(_parse, capture) if p is not None], wall_ms
 
 
 def convolution_flops(problem: str) -> int:
