@@ -12,14 +12,14 @@ and bf16 roughly halves the time again on CPUs with native bf16 dot products (AV
 GPUs with bf16 tensor cores. Where the hardware has no native bf16, ``auto`` stays fp32: emulated bf16 is slower.
 fp16 is never chosen by ``auto`` (its narrower range can overflow); ask for it on GPUs without bf16. On the CPU,
 GELU and depthwise convolutions with a channel multiplier are swapped for forms that reach oneDNN's fast kernels on
-channels_last activations (:mod:`d3epth.models.cpu_layers`; ``fastvit_t8``/w32 at 480x640, side by side: 1.25x in bf16,
-1.12-1.18x in fp32 at the median of two runs).
+channels_last activations (:mod:`d3epth.models.cpu_layers`; ``fastvit_t8``/w32 at 480x640, side by side: 1.19-1.31x in
+bf16, 0.99-1.18x in fp32, medians of two runs).
 
 Precision names: ``auto`` (bf16 where :func:`bf16_supported`, else fp32), ``fp32``, ``bf16``, ``fp16``. A student
 in a reduced precision is *converted* (weights and input in bf16 / fp16; PyTorch's CPU norm kernels still accumulate
 in fp32) rather than run under :func:`torch.autocast`, which re-casts every weight at every call and keeps the fp32
 weights: the converted model holds half the memory and was faster in the measurements (``fastvit_t8``/w32, two runs:
-median 35.3 vs 38.2 ms and 25.0 vs 30.2 ms; for the 128-channel head 3 % slower to 25 % faster in earlier ones). The
+median 30.3 vs 33.7 ms and 31.2 vs 39.8 ms; for the 128-channel head 3 % slower to 25 % faster in earlier ones). The
 depth map is returned in fp32. (Diffusion teachers use autocast, :func:`accelerate_predictor`.)
 """
 
