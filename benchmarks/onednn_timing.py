@@ -78,9 +78,14 @@ def primitive_times(fn: Callable[[], object], calls: int = 3) -> tuple[list[Prim
         return [p for p in map(_parse, capture) if p is not None], wall_ms
 
 
+def _dims(problem: str) -> dict[str, int]:
+    """``{"mb": 1, "ic": 48, "oc": 48, "kh": 7, ...}`` from a oneDNN convolution descriptor (``g`` when grouped)."""
+    return {key: int(value) for key, value in _DIMS.findall(problem.replace("_", ""))}
+
+
 def convolution_flops(problem: str) -> int:
     """FLOPs (2 per multiply-add) of a 2-D convolution from its oneDNN problem descriptor."""
-    dims = {key: int(value) for key, value in _DIMS.findall(problem.replace("_", ""))}
+    dims = _dims(problem)
     per_output = dims["ic"] // dims.get("g", 1) * dims.get("kh", 1) * dims.get("kw", 1)
     return 2 * dims["mb"] * dims["oc"] * dims.get("oh", 1) * dims.get("ow", 1) * per_output
 
@@ -88,7 +93,7 @@ def convolution_flops(problem: str) -> int:
 def _group(primitive: Primitive) -> str:
     if primitive.kind != "convolution":
         return primitive.kind
-    dims = {key: int(value) for key, value in _DIMS.findall(primitive.problem.replace("_", ""))}
+    dims = _dims(primitive.problem)
     if dims["ic"] == dims.get("g", 1) > 1:
         return "depthwise convolution"
     if dims.get("kh", 1) == dims.get("kw", 1) == 1 and dims.get("g", 1) == 1:
