@@ -148,8 +148,7 @@ def _ort_arm(model: nn.Module, image: torch.Tensor, args: argparse.Namespace) ->
     from d3epth.models.fusion import fuse_conv_bn
 
     fused = copy.deepcopy(model).eval()
-    side = 2 * args.multiple
-    fuse_conv_bn(fused, lambda m: m(torch.zeros(1, 3, side, side)))
+    fuse_conv_bn(fused)
     path = Path(tempfile.mkdtemp()) / "model.onnx"
     start = time.perf_counter()
     export_onnx(fused, path, (2 * args.multiple + 5, 3 * args.multiple + 7), 17)

@@ -149,9 +149,7 @@ def prepare_for_inference(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = resolve_precision(precision, device) if isinstance(precision, str) else precision
     if fuse:
-        side = 2 * int(getattr(model, "size_multiple", 32))
-        example = torch.zeros(1, 3, side, side, device=device)
-        fuse_conv_bn(model, lambda m: m(example))
+        fuse_conv_bn(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         if cpu_layers and device.type == "cpu":

@@ -127,17 +127,27 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fuse_conv_bn(model: nn.Module, run: Callable[[nn.Module], object]) -> list[tuple[str, str]]:
+def fuse_conv_bn(model: nn.Module, run: Callable[[nn.Module], object] | None = None) -> list[tuple[str, str]]:
     """Re-parameterise timm blocks and fold every directly-following BatchNorm into its convolution, in place.
 
     Args:
         model: the network; put in eval mode here (folding uses the running statistics).
-        run: calls ``model`` once on a small example (see :func:`find_conv_bn_pairs`).
+        run: calls ``model`` once on a small example (see :func:`find_conv_bn_pairs`). Default: an image → depth
+            network's call on a ``1x3x(2m)x(2m)`` zero image on the model's device, ``m`` its ``size_multiple``
+            (32 if it has none): the smallest input every level of a stride-``m`` backbone sees at least 2x2 of.
 
     Returns:
         The fused ``(conv_name, bn_name)`` pairs (empty for a model without BatchNorm, e.g. ConvNeXt).
     """
     model.eval()
+    if run is None:
+        side = 2 * int(getattr(model, "size_multiple", 32))
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        example = torch.zeros(1, 3, side, side, device=device)
+
+        def run(m: nn.Module) -> object:
+            return m(example)
+
     # RepVGG-style multi-branch blocks (MobileOne, FastViT, RepViT...) merge into one conv first; a no-op elsewhere.
     reparameterize_model(model, inplace=True)
     pairs = find_conv_bn_pairs(model, run)

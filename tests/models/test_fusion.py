@@ -83,3 +83,16 @@ def test_only_a_batch_norm_that_alone_reads_the_conv_output_is_fused() -> None:
     assert isinstance(model.bn1, nn.BatchNorm2d) and isinstance(model.bn2, nn.BatchNorm2d)
     with torch.no_grad():
         torch.testing.assert_close(model(image), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_default_example_finds_the_same_pairs_as_an_explicit_run() -> None:
+    """Without ``run``, the student is run on a 1x3x(2m)x(2m) zero image: the same pairs, the same fused outputs."""
+    model = student("resnet18", "batch")
+    side = 2 * model.size_multiple
+    explicit = copy.deepcopy(model)
+    expected_pairs = fuse_conv_bn(explicit, lambda m: m(torch.zeros(1, 3, side, side)))
+    assert len(expected_pairs) > 20
+    assert fuse_conv_bn(model) == expected_pairs
+    image = torch.rand(1, 3, 64, 96) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), explicit(image), rtol=0, atol=0)
