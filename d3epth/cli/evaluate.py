@@ -13,9 +13,10 @@ benchmark, and with several models their average rank), and writes ``results.jso
 (one row per model and benchmark; ``avg_rank`` is added to every row when several models are compared).
 ``--benchmark all`` = nyu kitti eth3d scannet diode. A root is a folder or a ``.tar`` archive (read in place).
 Per image: least-squares scale and shift (depth space for depth models, disparity space for disparity models, none
-for metric models), clip to the benchmark range, metrics over valid pixels (and crop), averaged over images. ETH3D
-and DIODE images are processed at Marigold's resolutions (756 and 640 px on the longer side) unless
-``--processing-resolution`` is given.
+for metric models), clip to the benchmark range, metrics over valid pixels (and crop), averaged over images. Images
+are processed at the resolutions of Marigold's evaluation scripts unless ``--processing-resolution`` is given: ETH3D
+at 756 and DIODE at 640 px on the longer side, the other benchmarks natively (so are a ``--config``'s test sets
+named like a benchmark).
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--processing-resolution",
         type=int,
         default=None,
-        help="longer side to process images at on every benchmark (0 = native; default: the benchmark's own "
-        "(ETH3D 756, DIODE 640), else the model's default)",
+        help="longer side to process images at on every benchmark (0 = native; default: the benchmark's own, "
+        "Marigold's: ETH3D 756, DIODE 640, the others native; a set named like no benchmark: the model's default)",
     )
     parser.add_argument(
         "--alignment",
@@ -126,6 +127,16 @@ def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     return datasets, presets
 
 
+def preset_processing_resolution(preset: str) -> int | None:
+    """The processing resolution of the preset called ``preset`` (a set with no preset: ``None``, the model's)."""
+    from d3epth.metrics import get_benchmark
+
+    try:
+        return get_benchmark(preset).processing_resolution
+    except ValueError:
+        return None
+
+
 @one_line_errors
 def main(argv: list[str]) -> int:
     """Evaluate every model on every benchmark, print the table and write JSON + CSV. Returns the exit code."""
@@ -134,7 +145,6 @@ def main(argv: list[str]) -> int:
 
     from d3epth.inference import evaluate, format_table, load_predictor
     from d3epth.inference.acceleration import accelerate_predictor
-    from d3epth.metrics import get_benchmark
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     datasets, presets = benchmark_datasets(args)
@@ -146,7 +156,7 @@ def main(argv: list[str]) -> int:
         for name, dataset in datasets.items():
             resolution = args.processing_resolution
             if resolution is None:
-                resolution = get_benchmark(presets[name]).processing_resolution if name in presets else None
+                resolution = preset_processing_resolution(presets.get(name, name))
             results = evaluate(
                 functools.partial(predictor.predict, processing_resolution=resolution),
                 {name: dataset},

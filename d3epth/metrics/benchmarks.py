@@ -6,17 +6,20 @@ The values follow Marigold's evaluation code (``src/dataset/*.py``, ``config/dat
 =============  ===============  ===========================================  ===================  ===========
 preset         range (m)        evaluation crop                              LS alignment res.    processing
 =============  ===============  ===========================================  ===================  ===========
-nyu            (1e-3, 10)       Eigen: rows 45:471, cols 41:601 at 480x640   full                 model's
-kitti_eigen    (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 model's
-kitti_garg     (1e-5, 80)       Garg, fractional (after the 352x1216 crop)   full                 model's
+nyu            (1e-3, 10)       Eigen: rows 45:471, cols 41:601 at 480x640   full                 native
+kitti_eigen    (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 native
+kitti_garg     (1e-5, 80)       Garg, fractional (after the 352x1216 crop)   full                 native
 eth3d          (1e-5, inf)      none (``inf`` GT is invalid)                 longest side 1024    756
-scannet        (1e-3, 10)       none                                         full                 model's
+scannet        (1e-3, 10)       none                                         full                 native
 diode          (0.6, 350)       none (the dataset's own mask)                full                 640
-hypersim       (1e-5, 65)       none                                         full                 model's
-vkitti         (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 model's
+hypersim       (1e-5, 65)       none                                         full                 native
+vkitti         (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 native
 =============  ===============  ===========================================  ===================  ===========
 
-"processing" is the longer side the model sees (``Benchmark.processing_resolution``; "model's" = its default).
+"processing" is the longer side the model sees (``Benchmark.processing_resolution``): Marigold's evaluation scripts
+(``script/depth/eval/*.sh``) run NYUv2, KITTI and ScanNet at ``--processing_res 0`` (native), ETH3D at 756 and DIODE at
+640; its in-training validation runs Hypersim and Virtual KITTI natively too. A diffusers directory's own default
+(768 for Marigold v1-1) would otherwise resize KITTI's 352x1216 frames to 222x768.
 
 Aliases: ``nyuv2`` -> ``nyu``, ``kitti`` -> ``kitti_eigen`` (Marigold's KITTI test config uses the Eigen crop),
 ``vkitti2`` -> ``vkitti``.
@@ -60,7 +63,7 @@ class Benchmark:
         alignment_max_res: If set, the least-squares fit runs on a nearest-downsampled copy whose longest side is at
             most this many pixels (Marigold ``--alignment_max_res``); metrics still use full resolution.
         processing_resolution: Longer side the model processes images at for this benchmark (Marigold's
-            ``--processing_res`` in its evaluation scripts), or ``None`` for the model's own default.
+            ``--processing_res`` in its evaluation scripts; 0 = native), or ``None`` for the model's own default.
         source: Where the numbers come from.
     """
 
@@ -74,12 +77,25 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "nyu": Benchmark("nyu", 1e-3, 10.0, CROPS["nyu_eigen"], source="Marigold NYUDataset, eigen_valid_mask: true"),
+    # Marigold's NYUv2, KITTI and ScanNet inference scripts (script/depth/eval/): --processing_res 0, native.
+    "nyu": Benchmark(
+        "nyu", 1e-3, 10.0, CROPS["nyu_eigen"], processing_resolution=0, source="Marigold NYUDataset, eigen_valid_mask"
+    ),
     "kitti_eigen": Benchmark(
-        "kitti_eigen", 1e-5, 80.0, CROPS["kitti_eigen"], source="Marigold KITTIDepthDataset, valid_mask_crop: eigen"
+        "kitti_eigen",
+        1e-5,
+        80.0,
+        CROPS["kitti_eigen"],
+        processing_resolution=0,
+        source="Marigold KITTIDepthDataset, valid_mask_crop: eigen",
     ),
     "kitti_garg": Benchmark(
-        "kitti_garg", 1e-5, 80.0, CROPS["kitti_garg"], source="Marigold KITTIDepthDataset, valid_mask_crop: garg"
+        "kitti_garg",
+        1e-5,
+        80.0,
+        CROPS["kitti_garg"],
+        processing_resolution=0,
+        source="Marigold KITTIDepthDataset, valid_mask_crop: garg",
     ),
     # Marigold script/depth/eval_old/31_infer_eth3d.sh --processing_res 756, 32_eval_eth3d.sh --alignment_max_res 1024.
     "eth3d": Benchmark(
@@ -91,7 +107,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         processing_resolution=756,
         source="Marigold ETH3DDataset, eval alignment_max_res 1024, infer processing_res 756",
     ),
-    "scannet": Benchmark("scannet", 1e-3, 10.0, source="Marigold ScanNetDataset"),
+    "scannet": Benchmark("scannet", 1e-3, 10.0, processing_resolution=0, source="Marigold ScanNetDataset"),
     # Marigold script/depth/eval_old/51_infer_diode.sh: --processing_res 640.
     "diode": Benchmark(
         "diode",
@@ -102,9 +118,17 @@ BENCHMARKS: dict[str, Benchmark] = {
     ),
     # Marigold `HypersimDepthDataset(min_depth=1e-5, max_depth=65.0)`; E2E-FT also uses 65 m as Hypersim's far plane,
     # and Marigold's uint16 millimetre PNGs cannot store more than 65.535 m.
-    "hypersim": Benchmark("hypersim", 1e-5, 65.0, source="Marigold HypersimDepthDataset; E2E-FT load.py far=65"),
+    # Validation in Marigold's trainer runs at processing_res 0 as well.
+    "hypersim": Benchmark(
+        "hypersim", 1e-5, 65.0, processing_resolution=0, source="Marigold HypersimDepthDataset; E2E-FT load.py far=65"
+    ),
     "vkitti": Benchmark(
-        "vkitti", 1e-5, 80.0, CROPS["kitti_eigen"], source="Marigold vkitti_dataset.py, data_vkitti_val.yaml"
+        "vkitti",
+        1e-5,
+        80.0,
+        CROPS["kitti_eigen"],
+        processing_resolution=0,
+        source="Marigold vkitti_dataset.py, data_vkitti_val.yaml",
     ),
 }
 

@@ -290,10 +290,21 @@ def test_eth3d_and_diode_use_marigold_processing_resolutions(
     args = ["--benchmark", "eth3d", "diode", "nyu", "--eth3d-root", str(tmp_path / "eth3d")]
     args += ["--diode-root", str(tmp_path / "diode"), "--nyu-root", str(tiny["nyu"])]
     assert cli.main([str(tiny["untrained"]), *args, "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
-    assert seen == [756, 640, None, None, None]  # nyu: the model's own default
+    assert seen == [756, 640, 0, 0, 0]  # nyu: native, as Marigold's scripts (not a diffusers directory's 768)
     seen.clear()
     assert cli.main([str(tiny["untrained"]), *args, "--processing-resolution", "0", "--out", str(tmp_path / "p")]) == 0
     assert seen == [0, 0, 0, 0, 0]
+    # A config's test sets take the preset of their name; a set named like no benchmark, the model's default.
+    config = tmp_path / "sets.yaml"
+    reader = "d3epth.data.{}, init_args: {{root: '{}', split: test}}}}"
+    config.write_text(
+        "data:\n  class_path: d3epth.data.DepthDataModule\n  init_args:\n    test:\n"
+        f"      eth3d: {{class_path: {reader.format('ETH3DDataset', tmp_path / 'eth3d')}\n"
+        f"      my_rooms: {{class_path: {reader.format('NYUv2Dataset', tiny['nyu'])}\n"
+    )
+    seen.clear()
+    assert cli.main([str(tiny["untrained"]), "--config", str(config), "--out", str(tmp_path / "c")]) == 0
+    assert seen == [756, None, None, None]
 
 
 def test_precision_is_recorded_and_bf16_stays_close_to_fp32(tiny: dict[str, Path], tmp_path: Path) -> None:
