@@ -70,7 +70,9 @@ class TeacherTask(DepthTask):
         loss: ``"mse"`` (diffusion: masked latent MSE), ``"ssi"`` (e2e: E2E-FT's SSI-L1) or ``"hybrid"`` (e2e: D²epth's
             HybridDepthLoss); ``None`` = ``mse`` for diffusion, ``ssi`` for e2e.
         loss_kwargs: arguments of :class:`~d3epth.losses.SSILoss` or :class:`~d3epth.losses.HybridDepthLoss`.
-        weighting_lr: learning rate of the hybrid loss's weighting parameters (``None`` = ``lr``).
+        weighting_lr: learning rate of the hybrid loss's weighting parameters (uncertainty log-variances, GradNorm
+            weights; no weight decay), as in stage 2: at the UNet's 3e-5 an Adam step moves them by at most ~3e-5, so
+            over a 20k-step schedule they could not leave ~0.13 of their start, far from their optimum log L.
         gradnorm_shared: UNet parameter or submodule whose gradients GradNorm balances (``weighting: gradnorm`` only).
         timestep_spacing: override the teacher's scheduler spacing (``None`` keeps it; ``"trailing"`` is the fix
             that makes one-step inference start at t = 999).
@@ -98,7 +100,7 @@ class TeacherTask(DepthTask):
         mode: str = "diffusion",
         loss: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
-        weighting_lr: float | None = None,
+        weighting_lr: float = 1e-2,
         gradnorm_shared: str = "conv_out",
         timestep_spacing: str | None = None,
         rescale_betas_zero_snr: bool | None = None,
@@ -210,8 +212,7 @@ class TeacherTask(DepthTask):
         """The UNet (decayed as configured) and, for the hybrid loss, its weighting (no weight decay)."""
         groups: list[dict[str, Any]] = [{"params": list(self.teacher.unet.parameters()), "name": "unet"}]
         if isinstance(self.loss_fn, HybridDepthLoss):
-            lr = self.hparams.weighting_lr
-            for group in self.loss_fn.weighting.param_groups(lr if lr is not None else self.hparams.lr):
+            for group in self.loss_fn.weighting.param_groups(self.hparams.weighting_lr):
                 groups.append({**group, "name": "loss_weighting"})
         return groups
 

@@ -146,6 +146,9 @@ def test_hybrid_weighting_parameters_are_optimised_without_decay() -> None:
     assert {id(p) for p in groups["loss_weighting"]["params"]} == {id(p) for p in weighting}
     assert groups["loss_weighting"]["weight_decay"] == 0.0
     assert groups["unet"]["weight_decay"] == 0.01
+    # Their own learning rate (stage 2's 1e-2), not the UNet's: at 3e-5 the log-variances could not move.
+    base_lr = {name: group["initial_lr"] for name, group in groups.items()}  # before the warm-up factor
+    assert base_lr == {"unet": pytest.approx(task.hparams.lr), "loss_weighting": pytest.approx(1e-2)}
 
 
 def test_invalid_options_are_rejected() -> None:
