@@ -8,14 +8,16 @@ Layout (Marigold's ``diode_val.tar``; lists ``data_split/diode_depth/diode_val_{
     <root>/indoors/scene_00021/scan_00189/00021_00189_indoors_200_010_depth_mask.npy    [H,W], nonzero = valid
     <root>/diode_val_all_filename_list.txt                                               "rgb depth mask" per line
 
-The shipped mask is used as is (Marigold ``src/dataset/diode_dataset.py`` reads it with ``.astype(bool)`` as the
-valid mask) and ANDed with the range 0.6 < d < 350 m (its ``min_depth``/``max_depth``). Evaluation: preset
-``diode``, predictions at processing resolution 640.
+The shipped mask is the valid mask (Marigold ``src/dataset/diode_dataset.py`` reads it with ``.astype(bool)`` as
+``valid_mask_raw``; only pixels of finite positive depth are kept besides). Marigold's range 0.6-350 m (its
+``min_depth``/``max_depth``) does not mask the ground truth: its ``eval.py`` only clips the aligned prediction to it,
+which the ``diode`` evaluation preset does. Evaluation: preset ``diode``, predictions at processing resolution 640.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,13 +57,14 @@ def read_npy(path: DataPath, what: str) -> np.ndarray:
 
 
 class DIODEDataset(BenchmarkDepthDataset):
-    """DIODE validation in Marigold's layout: ``.npy`` depth in metres, the shipped mask AND 0.6 < d < 350 m.
+    """DIODE validation in Marigold's layout: ``.npy`` depth in metres, the shipped mask as the valid mask.
 
     Args:
         root: folder holding ``indoors/`` and ``outdoor/`` (e.g. ``sample_data/diode``) or Marigold's ``diode_val.tar``.
         split: ``val`` (all 771), ``val_indoor`` (325) or ``val_outdoor`` (446).
         split_file: list file; ``None`` = the split's Marigold list under ``root``.
-        min_depth, max_depth: valid range in metres (strict); ``None`` = 0.6 and 350 (Marigold's).
+        min_depth, max_depth: valid range in metres (strict); ``None`` = 0 and ``inf`` (Marigold scores the shipped
+            mask alone; its 0.6-350 m range clips predictions, preset ``diode``).
         resize: ``[height, width]`` or ``None``.
         image_interpolation: RGB resize mode.
         transforms, check, name: see :class:`~d3epth.data.base.BenchmarkDepthDataset`.
@@ -71,7 +74,7 @@ class DIODEDataset(BenchmarkDepthDataset):
     columns: ClassVar[tuple[str, ...]] = ("rgb", "depth", "mask")
     splits: ClassVar[tuple[str, ...]] = tuple(SPLIT_FILES)
     default_split: ClassVar[str] = "val"
-    default_range: ClassVar[tuple[float, float]] = (0.6, 350.0)
+    default_range: ClassVar[tuple[float, float]] = (0.0, math.inf)
     depth_scale: ClassVar[float] = 1.0
 
     def _default_split_file(self) -> DataPath:

@@ -11,7 +11,7 @@ kitti_eigen    (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  ful
 kitti_garg     (1e-5, 80)       Garg, fractional (after the 352x1216 crop)   full                 native
 eth3d          (1e-5, inf)      none (``inf`` GT is invalid)                 longest side 1024    756
 scannet        (1e-3, 10)       none                                         full                 native
-diode          (0.6, 350)       none (the dataset's own mask)                full                 640
+diode          (0.6, 350) clip  none (the dataset's own mask alone)          full                 640
 hypersim       (1e-5, 65)       none                                         full                 native
 vkitti         (1e-5, 80)       Eigen, fractional (after the 352x1216 crop)  full                 native
 =============  ===============  ===========================================  ===================  ===========
@@ -27,7 +27,9 @@ Aliases: ``nyuv2`` -> ``nyu``, ``kitti`` -> ``kitti_eigen`` (Marigold's KITTI te
 The KITTI benchmark crop (bottom 352 rows, centred 1216 columns) changes the image size, so it belongs to the
 dataset, which applies it to image and depth alike; the evaluation crops are masks on whatever size arrives, defined
 once in :mod:`d3epth.data.crops` for the readers and the metrics alike.
-Ranges are strict on both ends: a ground-truth pixel is valid when ``min_depth < depth < max_depth``.
+Ranges are strict on both ends: a ground-truth pixel is valid when ``min_depth < depth < max_depth``; DIODE's range
+("clip") only clips the aligned prediction, as in Marigold, which scores DIODE's shipped mask alone
+(``src/dataset/diode_dataset.py`` sets ``valid_mask_raw`` to it; ``script/depth/eval.py`` clips to the range).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Benchmark:
         crop: Evaluation crop, or ``None``.
         alignment_max_res: If set, the least-squares fit runs on a nearest-downsampled copy whose longest side is at
             most this many pixels (Marigold ``--alignment_max_res``); metrics still use full resolution.
+        range_masks_target: Whether the range also masks the ground truth (Marigold: every benchmark but DIODE, whose
+            shipped mask alone is scored); the aligned prediction is clipped to the range either way.
         processing_resolution: Longer side the model processes images at for this benchmark (Marigold's
             ``--processing_res`` in its evaluation scripts; 0 = native), or ``None`` for the model's own default.
         source: Where the numbers come from.
@@ -72,6 +76,7 @@ class Benchmark:
     max_depth: float
     crop: EvalCrop | None = None
     alignment_max_res: int | None = None
+    range_masks_target: bool = True
     processing_resolution: int | None = None
     source: str = ""
 
@@ -113,8 +118,9 @@ BENCHMARKS: dict[str, Benchmark] = {
         "diode",
         0.6,
         350.0,
+        range_masks_target=False,
         processing_resolution=640,
-        source="Marigold DIODEDataset (range + the dataset's depth_mask.npy), infer processing_res 640",
+        source="Marigold DIODEDataset (its depth_mask.npy; the range clips), infer processing_res 640",
     ),
     # Marigold `HypersimDepthDataset(min_depth=1e-5, max_depth=65.0)`; E2E-FT also uses 65 m as Hypersim's far plane,
     # and Marigold's uint16 millimetre PNGs cannot store more than 65.535 m.

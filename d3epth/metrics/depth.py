@@ -1,6 +1,7 @@
 """Depth evaluation metrics as torchmetrics ``Metric`` classes (Marigold protocol).
 
-For every image: build the evaluation mask (given valid mask, strict ``min_depth < g < max_depth``, benchmark crop),
+For every image: build the evaluation mask (given valid mask, strict ``min_depth < g < max_depth`` except for DIODE,
+whose shipped mask alone is scored as in Marigold, benchmark crop),
 align the prediction by least squares (``align.py``), clip it to ``[min_depth, max_depth]`` and then to ``>= 1e-6``,
 and compute the nine metrics over the masked pixels (n of them) against the raw ground truth ``g``:
 
@@ -202,6 +203,9 @@ class BaseDepthMetric(Metric):
         elif alignment_max_res < 0:
             raise ValueError(f"alignment_max_res must be >= 0 (0 = full resolution), got {alignment_max_res}")
         self.alignment_max_res = alignment_max_res or None
+        # Marigold's DIODE: the shipped mask alone is scored (finite positive depth), the range only clips.
+        masks = preset.range_masks_target if preset else True
+        self._target_range = (self.min_depth, self.max_depth) if masks else (0.0, math.inf)
 
         self.add_state("sums", default=torch.zeros(len(METRIC_NAMES), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -234,7 +238,7 @@ class BaseDepthMetric(Metric):
                 )
             if valid_mask.dtype != torch.bool:
                 raise ValueError(f"valid_mask must be a bool tensor, got dtype {valid_mask.dtype}")
-        mask = evaluation_mask(target, valid_mask, self.min_depth, self.max_depth, self.crop)
+        mask = evaluation_mask(target, valid_mask, *self._target_range, self.crop)
         aligned = align(pred, target, mask, space=self.alignment, max_resolution=self.alignment_max_res).depth
         aligned = aligned.clamp(min=self.min_depth, max=self.max_depth).clamp_min(MIN_PRED_DEPTH)
         return per_image_depth_metrics(aligned, target, mask)

@@ -53,19 +53,23 @@ def test_scannet_millimetres_and_strict_range(tmp_path: Path) -> None:
         assert s["dataset"] == "scannet"
 
 
-def test_diode_mask_respected_and_range_applied(tmp_path: Path) -> None:
+def test_diode_shipped_mask_is_the_valid_mask(tmp_path: Path) -> None:
+    """Marigold scores DIODE's own mask; its 0.6-350 m range clips predictions only (the ``diode`` preset)."""
     written = write_diode(tmp_path / "diode", n=2)
     ds = DIODEDataset(tmp_path / "diode")
     for i, w in enumerate(written):
         s = ds[i]
         depth = w.depth[..., 0]
-        valid = (w.mask != 0) & (depth > 0.6) & (depth < 350.0)
+        valid = (w.mask != 0) & (depth > 0)
         np.testing.assert_array_equal(_np(s["valid_mask"]), valid)
-        assert _np(s["valid_mask"])[0, :3].tolist() == [False, False, False]  # 0.6 m, 350 m, masked 5 m
+        assert _np(s["valid_mask"])[0, :3].tolist() == [True, True, False]  # 0.6 m, 350 m, masked 5 m
         np.testing.assert_array_equal(_np(s["depth"]), np.where(valid, depth, 0.0))
-        # Pixels in range but outside the shipped mask are invalid, and some in-range pixels exist on both sides.
-        in_range = (depth > 0.6) & (depth < 350.0)
-        assert (in_range & (w.mask == 0)).any() and (in_range & (w.mask != 0)).any()
+        # Pixels outside the range stay valid where the mask says so (the generator draws 0.1-400 m).
+        assert (valid & ((depth < 0.6) | (depth > 350.0))).any()
+    assert DIODEDataset(tmp_path / "diode", min_depth=0.6, max_depth=350.0)[0]["valid_mask"][0, 0, :2].tolist() == [
+        False,
+        False,
+    ]
 
 
 def test_diode_mask_of_other_size_is_named(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Marigold protocol written below, or from invariance properties.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -346,6 +347,27 @@ def test_metric_rejects_bad_arguments() -> None:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Benchmarks and crops
+
+
+def test_diode_scores_its_mask_alone_and_clips_to_the_range() -> None:
+    """Marigold's DIODE: in-mask pixels outside 0.6-350 m are scored, the prediction clipped to the range.
+
+    Ground truth 0.4, 2, 4, 400 m and a perfect metric prediction: clipped to 0.6 and 350, AbsRel = (0.2 / 0.4 +
+    50 / 400) / 4 = 0.15625 over all four pixels. With the range as a mask (as every other preset), only 2 and 4 m
+    count and AbsRel is 0.
+    """
+    target = torch.tensor([0.4, 2.0, 4.0, 400.0]).reshape(1, 1, 2, 2)
+    mask = torch.ones_like(target, dtype=torch.bool)
+    diode = AbsRel(benchmark="diode", alignment="none")
+    diode.update(target.clone(), target, mask)
+    assert float(diode.compute()) == pytest.approx(0.15625)
+    ranged = AbsRel(benchmark=dataclasses.replace(BENCHMARKS["diode"], range_masks_target=True), alignment="none")
+    ranged.update(target.clone(), target, mask)
+    assert float(ranged.compute()) == pytest.approx(0.0)
+    # Zero (missing) depth inside the mask is never scored.
+    hole = AbsRel(benchmark="diode", alignment="none")
+    hole.update(target.clone(), torch.tensor([0.0, 2.0, 4.0, 400.0]).reshape(1, 1, 2, 2), mask)
+    assert float(hole.compute()) == pytest.approx(50 / 400 / 3)
 
 
 def test_presets_carry_the_protocol_ranges() -> None:
