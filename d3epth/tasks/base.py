@@ -38,9 +38,15 @@ from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.models.memory_format import to_channels_last
 from d3epth.tasks.ema import EMA_PREFIX, StudentEMA
 from d3epth.tasks.guard import GUARD_KEY, StepGuard, check_finite_checkpoint
+from d3epth.utils.seeding import derive_seed
 from d3epth.utils.visualize import PANEL_TAG_SUFFIX, depth_error_panel
 
 Batch = dict[str, Any]
+
+#: Checkpoint key of the run's seed, from which the global RNG is re-seeded at every training batch.
+RUN_SEED_KEY = "d3epth_run_seed"
+#: ``derive_seed`` key suffix of the global RNG's per-batch stream (tasks derive their own streams without one).
+_GLOBAL_STREAM = 1
 
 __all__ = ["TASK_KEY", "Batch", "DepthTask", "load_task_checkpoint", "student_parameter_groups", "sub_state_dict"]
 
@@ -142,6 +148,7 @@ class DepthTask(L.LightningModule):
         self._set_names: dict[str, list[str]] = {"val": [], "test": []}
         self._final_val_metrics: dict[str, float] = {}  # the first validation set's last metrics, for hparams
         self._step_guard = StepGuard(max_consecutive_skipped_steps)
+        self._run_seed: int | None = None  # at the first training batch, or from a checkpoint
         if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"model.init_args.ema_decay: must be in [0, 1) (e.g. 0.999) or null, got {ema_decay}")
         # Built by _ensure_ema once the subclass has made its student (setup, or on_load_checkpoint before loading).
@@ -184,6 +191,8 @@ class DepthTask(L.LightningModule):
         """
         checkpoint[TASK_KEY] = type(self).__name__
         checkpoint[GUARD_KEY] = self._step_guard.state_dict()
+        if self._run_seed is not None:
+            checkpoint[RUN_SEED_KEY] = self._run_seed
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(self.frozen_prefixes)]:
             del state[key]
@@ -215,6 +224,8 @@ class DepthTask(L.LightningModule):
             if key.startswith(self.frozen_prefixes):
                 state.setdefault(key, value)
         self._step_guard.load_state_dict(checkpoint.get(GUARD_KEY, {}))
+        if RUN_SEED_KEY in checkpoint:
+            self._run_seed = int(checkpoint[RUN_SEED_KEY])
 
     def configure_model(self) -> None:
         """Convert the networks to channels_last when ``channels_last`` is set.
@@ -268,8 +279,35 @@ class DepthTask(L.LightningModule):
 
     # ---------------------------------------------------------------------------------------- non-finite steps
     def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        """Record the micro-batch for the step guard (sample names, input finiteness, empty and skipped counts)."""
+        """Re-seed the global RNG for this micro-batch; record it for the step guard (names, finiteness, counts).
+
+        Dropout, drop-path, a VAE posterior sample and anything else drawing from the global RNG then draw what the
+        uninterrupted run drew when a run resumes from any checkpoint: Lightning saves no RNG state (and a rank's
+        state could not be saved by rank 0 anyway), so the state is made a function of the position instead.
+        """
+        torch.manual_seed(self.batch_seed(_GLOBAL_STREAM))
         self._step_guard.start_batch(batch, self)
+
+    @property
+    def run_seed(self) -> int:
+        """The run's base seed, fixed when first asked for in ``fit`` and saved in every checkpoint.
+
+        ``torch.initial_seed()`` at that moment (what ``seed_everything`` set), kept under :data:`RUN_SEED_KEY`, so a
+        resumed run keeps it.
+        """
+        if self._run_seed is None:
+            self._run_seed = torch.initial_seed() % 2**63
+        return self._run_seed
+
+    def batch_seed(self, *stream: int, seed: int | None = None) -> int:
+        """A seed for this training micro-batch: ``(seed, global rank, batch index across epochs, *stream)``.
+
+        ``seed`` defaults to :attr:`run_seed`. Lightning restores the batch index with the loops' progress, so the
+        seed of a position never changes.
+        """
+        batch_index = self.trainer.fit_loop.epoch_loop.total_batch_idx
+        base = self.run_seed if seed is None else seed
+        return derive_seed(base, self.trainer.global_rank, batch_index, *stream)
 
     def on_before_backward(self, loss: Tensor) -> None:
         """Record whether the micro-batch's loss is finite."""

@@ -38,13 +38,8 @@ from d3epth.models.teacher.sources import (
     teacher_architecture,
 )
 from d3epth.tasks.base import Batch, DepthTask
-from d3epth.utils.seeding import derive_seed
 
 __all__ = ["TeacherTask"]
-
-
-#: Checkpoint key of the seed of the diffusion noise and timesteps (see ``TeacherTask.noise_generator``).
-NOISE_SEED_KEY = "d3epth_noise_seed"
 
 _MODES = ("diffusion", "e2e")
 _LOSSES = {"diffusion": ("mse",), "e2e": ("ssi", "hybrid")}
@@ -84,7 +79,7 @@ class TeacherTask(DepthTask):
         annealed_noise: anneal the strength as ``s · t / T`` (Marigold).
         gradient_checkpointing: UNet gradient checkpointing (memory for compute; E2E-FT uses it).
         noise_seed: seed of the diffusion timesteps and noise during ``fit`` (with the rank and the batch index; see
-            :meth:`noise_generator`); ``None`` = ``torch.initial_seed()`` at the first training step.
+            :meth:`noise_generator`); ``None`` = the run's seed (``DepthTask.run_seed``).
         val_num_steps: DDIM steps of the validation prediction (1 = E2E-FT / Marigold v1-1 setting).
         lr, weight_decay, optimizer, warmup_steps, decay_steps, final_lr_ratio, benchmarks, alignment,
             num_logged_images, max_consecutive_skipped_steps, channels_last: see :class:`~d3epth.tasks.base.DepthTask`
@@ -147,7 +142,6 @@ class TeacherTask(DepthTask):
             raise ValueError(f"TeacherTask: val_num_steps must be >= 1, got {val_num_steps}")
         self.save_hyperparameters()
         self.hparams.loss = loss
-        self._noise_seed: int | None = noise_seed  # resolved at the first training step, or from a checkpoint
 
         teacher = resolve_teacher_source(teacher, "model.init_args.teacher")
         self.hparams["teacher"] = teacher  # run directories as the checkpoints they named
@@ -181,31 +175,19 @@ class TeacherTask(DepthTask):
         """Task marker (base) plus the teacher's architecture, so ``load_teacher`` needs no other file."""
         super().on_save_checkpoint(checkpoint)
         checkpoint[TEACHER_ARCH_KEY] = teacher_architecture(self.teacher)
-        if self._noise_seed is not None:
-            checkpoint[NOISE_SEED_KEY] = self._noise_seed
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Base behaviour, plus the noise seed of the run that wrote ``checkpoint``, so a resumed run replays it."""
-        super().on_load_checkpoint(checkpoint)
-        if NOISE_SEED_KEY in checkpoint:
-            self._noise_seed = int(checkpoint[NOISE_SEED_KEY])
 
     def noise_generator(self, device: torch.device) -> torch.Generator | None:
         """The generator of this training batch's timesteps and noise; ``None`` outside ``fit`` (global RNG).
 
         It is seeded from ``(noise seed, global rank, Lightning's batch index across epochs)``
-        (:func:`~d3epth.utils.seeding.derive_seed`), so ranks draw different noise and a run resumed from any
-        checkpoint draws what the uninterrupted run drew: Lightning restores the batch index with the loops' progress,
-        and the noise seed (``noise_seed``, else the process's ``torch.initial_seed()``, which ``seed_everything`` sets)
-        travels in the checkpoint (:data:`NOISE_SEED_KEY`). Lightning itself saves no RNG state.
+        (:meth:`~d3epth.tasks.base.DepthTask.batch_seed`), so ranks draw different noise and a run resumed from any
+        checkpoint draws what the uninterrupted run drew; the noise seed is ``noise_seed``, else the run's seed, which
+        travels in the checkpoint. Lightning itself saves no RNG state.
         """
         trainer = self._trainer
         if trainer is None or not trainer.training:
             return None
-        if self._noise_seed is None:
-            self._noise_seed = torch.initial_seed() % 2**63
-        batch_index = trainer.fit_loop.epoch_loop.total_batch_idx  # this batch's index since the first one
-        seed = derive_seed(self._noise_seed, trainer.global_rank, batch_index)
+        seed = self.batch_seed(seed=self.hparams.noise_seed)
         return torch.Generator(device=device).manual_seed(seed)
 
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
     python -m tests.helpers.resume_driver --task stage2 --data <hypersim root> --out <run dir> --max-steps 7
         [--hflip 0.5] [--crop H W] [--cache <teacher cache>] [--num-workers N] [--channels-last]
-        [--ckpt-path <run dir>/last.ckpt] [--hang-after-step K]
+        [--drop-path RATE] [--ckpt-path <run dir>/last.ckpt] [--hang-after-step K]
 
 It trains a tiny task (:func:`tests.helpers.checkpoints.tiny_task`) on the tiny Hypersim set with
 ``d3epth.data.DepthDataModule``; a ``ModelCheckpoint(every_n_train_steps=1, save_last=True, save_top_k=0)`` rewrites
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 #: Task kind of this driver -> ``tiny_task`` kind.
-TASKS = {"stage1": "stage1", "stage2": "stage2_light", "teacher": "teacher"}
+TASKS = {"autoencoder": "autoencoder", "stage1": "stage1", "stage2": "stage2_light", "teacher": "teacher"}
 #: The tiny Hypersim set the resume tests train on: 6 training frames of 32x48 (multiples of the VAE factor 8).
 TRAIN_FRAMES, FRAME_SIZE = 6, (32, 48)
 #: Name of the marker file of ``--hang-after-step``.
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="teacher cache directory (stage 1)")
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--channels-last", action="store_true", help="the task's channels_last option")
+    parser.add_argument("--drop-path", type=float, default=None, help="the student backbone's drop_path_rate")
     parser.add_argument("--ckpt-path", default=None, help="checkpoint to resume from")
     parser.add_argument("--hang-after-step", type=int, default=None)
     args = parser.parse_args(argv)
@@ -111,7 +112,7 @@ def _fit(args: argparse.Namespace) -> int:
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
     from d3epth.data import DepthDataModule, RandomCrop
-    from tests.helpers.checkpoints import quiet_trainer, tiny_task
+    from tests.helpers.checkpoints import STUDENT, quiet_trainer, tiny_task
 
     class HangAfterStep(Callback):
         """At the start of step ``step + 1`` (step ``step``'s checkpoint is written by then), mark and wait."""
@@ -126,7 +127,13 @@ def _fit(args: argparse.Namespace) -> int:
                     time.sleep(1.0)
 
     L.seed_everything(0, verbose=False)
-    task = tiny_task(TASKS[args.task], seed=0, lr=1e-3, warmup_steps=1, channels_last=args.channels_last)
+    options: dict[str, Any] = {}
+    if args.drop_path is not None:  # stochastic depth draws from the global RNG at every training forward
+        # test_convnext: residual blocks whose drop-path changes the output from the first step (LayerScale 1e-6;
+        # test_efficientnet's blocks have no skip, so its drop_path_rate is inert).
+        backbone = {"backbone": "test_convnext", "backbone_kwargs": {"drop_path_rate": args.drop_path}}
+        options["student"] = {**STUDENT, **backbone}
+    task = tiny_task(TASKS[args.task], seed=0, lr=1e-3, warmup_steps=1, channels_last=args.channels_last, **options)
     datamodule = DepthDataModule(
         train=train_sets(args.data),
         batch_size=2,

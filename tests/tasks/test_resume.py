@@ -97,8 +97,14 @@ def check_resume(tmp_path: Path, data: Path, **options: object) -> None:
     assert equal_tensors(trained, {k: resumed[k] for k in trained})[0] < len(trained)  # the resumed steps trained
 
 
-def test_stage2_resumes_bitwise_mid_epoch_with_flips_and_crops(tmp_path: Path, data: Path) -> None:
-    check_resume(tmp_path, data, task="stage2", hflip=0.5, crop=[32, 40])
+def test_stage2_resumes_bitwise_mid_epoch_with_flips_crops_and_drop_path(tmp_path: Path, data: Path) -> None:
+    """Drop-path (a ConvNeXt student) draws from the global RNG, which the task re-seeds per batch."""
+    check_resume(tmp_path, data, task="stage2", hflip=0.5, crop=[32, 40], drop_path=0.5)
+
+
+def test_autoencoder_resumes_bitwise_with_posterior_samples(tmp_path: Path, data: Path) -> None:
+    """The autoencoder decodes posterior samples in training (``sample_posterior``), from the global RNG."""
+    check_resume(tmp_path, data, task="autoencoder", hflip=0.5)
 
 
 def test_stage2_resumes_bitwise_in_channels_last(tmp_path: Path, data: Path) -> None:
