@@ -210,8 +210,8 @@ class DynamicWeightAverage(TaskWeighting):
     with temperature :math:`T = 2`; :math:`\lambda_k = 1` until two history entries exist. The paper's
     :math:`\bar L_k(t)` is the mean loss of epoch :math:`t`; here a history entry is the mean of the (unweighted,
     detached) losses over a *window* of ``window`` training-mode ``forward`` calls (``window=1``: per step), or,
-    with ``window=None``, over everything since the owner last called :meth:`close_window` (call it in
-    ``on_train_epoch_end`` for the paper's per-epoch form). Calls in eval mode (validation) do not record. Under
+    with ``window=None``, over one training epoch, the paper's form: the owner calls :meth:`start_epoch` before every
+    training batch (:class:`~d3epth.tasks.base.DepthTask` does). Calls in eval mode (validation) do not record. Under
     gradient accumulation a forward call is a micro-batch. With torch.distributed running, window means are averaged
     over processes, so all ranks use the same weights. No learnable parameters; the history is kept in buffers
     (saved in checkpoints).
@@ -219,7 +219,7 @@ class DynamicWeightAverage(TaskWeighting):
     Args:
         task_names: names of the loss terms.
         temperature: softmax temperature T.
-        window: forward calls per history entry, or None to close windows only through :meth:`close_window`.
+        window: forward calls per history entry, or None for one entry per epoch (:meth:`start_epoch`).
     """
 
     def __init__(self, task_names: Sequence[str], temperature: float = 2.0, window: int | None = 100) -> None:
@@ -236,6 +236,7 @@ class DynamicWeightAverage(TaskWeighting):
         self.register_buffer("num_entries", torch.zeros((), dtype=torch.long))
         self.register_buffer("window_sum", torch.zeros(k, dtype=torch.float64))
         self.register_buffer("window_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("window_epoch", torch.zeros((), dtype=torch.long))  # the epoch the open window is of
 
     def current_weights(self) -> Tensor:
         """:math:`\\lambda_k`, shape ``(K,)``: 1 until two windows are closed, then K·softmax(w/T)."""
@@ -263,6 +264,18 @@ class DynamicWeightAverage(TaskWeighting):
         self.num_entries += 1
         self.window_sum.zero_()
         self.window_count.zero_()
+
+    @torch.no_grad()
+    def start_epoch(self, epoch: int) -> None:
+        """Per-epoch windows (``window=None``): close the open window if it belongs to an earlier epoch.
+
+        Called before every training batch, so an epoch's window closes at the next epoch's first batch rather than in
+        ``on_train_epoch_end``: a run resumed from a checkpoint written at an epoch's last batch stays exact, although
+        Lightning does not replay that epoch's end hooks. The window's epoch is a buffer, saved in checkpoints.
+        """
+        if self.window is None and int(self.window_epoch) != epoch:
+            self.close_window()
+            self.window_epoch.fill_(epoch)
 
     def forward(self, losses: Mapping[str, Tensor], shared_parameters: Sequence[Tensor] | None = None) -> Tensor:
         """Return :math:`\\sum_k \\lambda_k L_k` with the weights of the closed history, then record the losses."""

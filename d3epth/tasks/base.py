@@ -23,6 +23,7 @@ checkpoint stores them once under ``ema.*`` beside the live ``student.*`` weight
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from d3epth.checkpoints import TASK_KEY, load_task_checkpoint, plain_data, sub_state_dict
 from d3epth.errors import ConfigError
+from d3epth.losses.weighting import DynamicWeightAverage
 from d3epth.metrics import DepthMetrics, benchmark_metrics
 from d3epth.models.memory_format import to_channels_last
 from d3epth.tasks.ema import EMA_PREFIX, StudentEMA
@@ -286,7 +288,14 @@ class DepthTask(L.LightningModule):
         state could not be saved by rank 0 anyway), so the state is made a function of the position instead.
         """
         torch.manual_seed(self.batch_seed(_GLOBAL_STREAM))
+        for weighting in self._epoch_weightings:
+            weighting.start_epoch(self.current_epoch)
         self._step_guard.start_batch(batch, self)
+
+    @functools.cached_property
+    def _epoch_weightings(self) -> list[DynamicWeightAverage]:
+        """The loss weightings whose windows follow the epochs (DWA): found once, the modules do not change."""
+        return [module for module in self.modules() if isinstance(module, DynamicWeightAverage)]
 
     @property
     def run_seed(self) -> int:

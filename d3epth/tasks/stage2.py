@@ -280,12 +280,6 @@ class PixelRefinementTask(DepthTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 
-    def on_train_epoch_end(self) -> None:
-        """DWA with per-epoch windows closes its window here (a no-op for the other weightings)."""
-        close = getattr(self.loss.weighting, "close_window", None)
-        if close is not None and getattr(self.loss.weighting, "window", 1) is None:
-            close()
-
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Backbone (``backbone_lr_scale`` × LR), decoder and heads, and the weighting (own LR, no weight decay)."""
         groups = student_parameter_groups(self.student, self.hparams.lr, self.hparams.backbone_lr_scale)

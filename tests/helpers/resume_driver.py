@@ -2,7 +2,7 @@
 
     python -m tests.helpers.resume_driver --task stage2 --data <hypersim root> --out <run dir> --max-steps 7
         [--hflip 0.5] [--crop H W] [--cache <teacher cache>] [--num-workers N] [--channels-last]
-        [--drop-path RATE] [--ckpt-path <run dir>/last.ckpt] [--hang-after-step K]
+        [--drop-path RATE] [--dwa-epochs] [--ckpt-path <run dir>/last.ckpt] [--hang-after-step K]
 
 It trains a tiny task (:func:`tests.helpers.checkpoints.tiny_task`) on the tiny Hypersim set with
 ``d3epth.data.DepthDataModule``; a ``ModelCheckpoint(every_n_train_steps=1, save_last=True, save_top_k=0)`` rewrites
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--channels-last", action="store_true", help="the task's channels_last option")
     parser.add_argument("--drop-path", type=float, default=None, help="the student backbone's drop_path_rate")
+    parser.add_argument("--dwa-epochs", action="store_true", help="stage 2: DWA weighting with per-epoch windows")
     parser.add_argument("--ckpt-path", default=None, help="checkpoint to resume from")
     parser.add_argument("--hang-after-step", type=int, default=None)
     args = parser.parse_args(argv)
@@ -133,6 +134,8 @@ def _fit(args: argparse.Namespace) -> int:
         # test_efficientnet's blocks have no skip, so its drop_path_rate is inert).
         backbone = {"backbone": "test_convnext", "backbone_kwargs": {"drop_path_rate": args.drop_path}}
         options["student"] = {**STUDENT, **backbone}
+    if args.dwa_epochs:
+        options["loss"] = {"weighting": "dwa", "weighting_kwargs": {"window": None}}
     task = tiny_task(TASKS[args.task], seed=0, lr=1e-3, warmup_steps=1, channels_last=args.channels_last, **options)
     datamodule = DepthDataModule(
         train=train_sets(args.data),

@@ -103,6 +103,43 @@ def test_dwa_manual_windows() -> None:
     torch.testing.assert_close(weighting.history, torch.tensor([[1.0, 2.0], [2.0, 2.0]], dtype=torch.float64))
 
 
+def test_dwa_epoch_windows_close_at_the_next_epoch_also_after_a_resume() -> None:
+    """window=None: one entry per epoch, closed at the next epoch's first batch (``start_epoch``).
+
+    Epoch 0 records (2, 2) three times, epoch 1 (1, 2) twice: after epoch 2 starts the history is [(1, 2), (2, 2)].
+    A run resumed from a checkpoint written after epoch 0's last batch (Lightning runs no epoch-end hook for it
+    again) gets the same history, because the open window and its epoch travel in the state dict.
+    """
+
+    def train_epoch(weighting: DynamicWeightAverage, epoch: int, values: tuple[float, float], batches: int) -> None:
+        for _ in range(batches):
+            weighting.start_epoch(epoch)
+            weighting(_losses(*values))
+
+    expected = torch.tensor([[1.0, 2.0], [2.0, 2.0]], dtype=torch.float64)
+    full = DynamicWeightAverage(TASKS, window=None)
+    train_epoch(full, 0, (2.0, 2.0), 3)
+    assert int(full.num_entries) == 0  # epoch 0's window is still open at its end
+    train_epoch(full, 1, (1.0, 2.0), 2)
+    full.start_epoch(2)
+    torch.testing.assert_close(full.history, expected)
+    assert int(full.num_entries) == 2
+
+    interrupted = DynamicWeightAverage(TASKS, window=None)
+    train_epoch(interrupted, 0, (2.0, 2.0), 3)
+    resumed = DynamicWeightAverage(TASKS, window=None)
+    resumed.load_state_dict(interrupted.state_dict())
+    train_epoch(resumed, 1, (1.0, 2.0), 2)
+    resumed.start_epoch(2)
+    torch.testing.assert_close(resumed.history, expected)
+    assert int(resumed.num_entries) == 2
+    # Fixed windows ignore epochs.
+    fixed = DynamicWeightAverage(TASKS, window=2)
+    fixed(_losses(1.0, 1.0))
+    fixed.start_epoch(5)
+    assert int(fixed.window_count) == 1 and int(fixed.num_entries) == 0
+
+
 # ----------------------------------------------------------------------------------------------------- GradNorm
 
 

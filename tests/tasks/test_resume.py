@@ -74,16 +74,18 @@ def equal_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tup
     return equal, len(a)
 
 
-def check_resume(tmp_path: Path, data: Path, **options: object) -> None:
+def check_resume(tmp_path: Path, data: Path, kill_after: int = KILL_AFTER, **options: object) -> None:
     options = {"data": data, "max_steps": MAX_STEPS, **options}
     full, part = tmp_path / "full", tmp_path / "part"
-    killed = start(part, hang_after_step=KILL_AFTER, **options)
+    killed = start(part, hang_after_step=kill_after, **options)
     run_here(full, **options)  # while the subprocess starts
     kill_after_checkpoint(killed, part)
     checkpoint = torch.load(part / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["global_step"] == KILL_AFTER
+    assert checkpoint["global_step"] == kill_after
     loader_state = checkpoint["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-    assert loader_state == [{"epoch": KILL_AFTER // BATCHES_PER_EPOCH, "batches": KILL_AFTER % BATCHES_PER_EPOCH}]
+    # Written after the step's batch: batch (k - 1) of the run, so an epoch's last batch leaves the epoch still open.
+    epoch, batches = divmod(kill_after - 1, BATCHES_PER_EPOCH)
+    assert loader_state == [{"epoch": epoch, "batches": batches + 1}]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_here(part, ckpt_path=part / "last.ckpt", **options)
@@ -100,6 +102,11 @@ def check_resume(tmp_path: Path, data: Path, **options: object) -> None:
 def test_stage2_resumes_bitwise_mid_epoch_with_flips_crops_and_drop_path(tmp_path: Path, data: Path) -> None:
     """Drop-path (a ConvNeXt student) draws from the global RNG, which the task re-seeds per batch."""
     check_resume(tmp_path, data, task="stage2", hflip=0.5, crop=[32, 40], drop_path=0.5)
+
+
+def test_stage2_resumes_bitwise_from_an_epochs_last_batch_with_per_epoch_dwa(tmp_path: Path, data: Path) -> None:
+    """Killed after the last batch of epoch 0: Lightning does not replay that epoch's end; DWA's window still closes."""
+    check_resume(tmp_path, data, kill_after=BATCHES_PER_EPOCH, task="stage2", dwa_epochs=True)
 
 
 def test_autoencoder_resumes_bitwise_with_posterior_samples(tmp_path: Path, data: Path) -> None:
