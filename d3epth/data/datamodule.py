@@ -59,6 +59,7 @@ from d3epth.data.sampler import MixedBatchSampler, default_rank_world
 from d3epth.data.teacher_cache import TeacherCache, check_cacheable
 from d3epth.data.transforms import Compose, HorizontalFlip, Transform
 from d3epth.data.vkitti2 import VirtualKITTI2Dataset
+from d3epth.errors import ConfigError
 
 #: Marigold's training mix (``prob_ls: [0.9, 0.1]``), used when ``train_probabilities`` is not given and the
 #: training sets are one Hypersim and one Virtual KITTI 2 set.
@@ -117,14 +118,14 @@ def _check_sets(sets: Mapping[str, Dataset] | None, arg: str) -> dict[str, Datas
     if sets is None:
         return {}
     if not isinstance(sets, Mapping):
-        raise TypeError(
+        raise ConfigError(
             f"DepthDataModule: '{arg}' must map names to datasets (e.g. {{hypersim: <dataset>}}), "
             f"got {type(sets).__name__}"
         )
     out = {}
     for name, dataset in sets.items():
         if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise TypeError(f"DepthDataModule: {arg}.{name} is {type(dataset).__name__}, not a map-style dataset")
+            raise ConfigError(f"DepthDataModule: {arg}.{name} is {type(dataset).__name__}, not a map-style dataset")
         if len(dataset) == 0:
             raise ValueError(f"DepthDataModule: {arg}.{name} is empty")
         if arg != "train" and not has_depth(dataset):
@@ -291,7 +292,7 @@ class DepthDataModule(L.LightningDataModule):
             return
         connector = getattr(trainer, "_accelerator_connector", None)
         if connector is not None and getattr(connector, "use_distributed_sampler", False):
-            raise RuntimeError(
+            raise ConfigError(
                 "DepthDataModule: the trainer runs distributed with use_distributed_sampler=True, which would replace "
                 "the rank-aware mixed batch sampler; set trainer.use_distributed_sampler: false"
             )
@@ -347,7 +348,13 @@ class DepthDataModule(L.LightningDataModule):
     def _eval_loaders(self, sets: dict[str, Dataset]) -> list[DataLoader]:
         rank, world = self._rank_world()
         loaders = []
-        for dataset in sets.values():
+        for name, dataset in sets.items():
+            if len(dataset) < world:  # type: ignore[arg-type]
+                # A process without a batch skips the evaluation loop, and the others wait for it in the metric sync.
+                raise ConfigError(
+                    f"DepthDataModule: evaluation set {name} has {len(dataset)} sample(s) for {world} processes; "  # type: ignore[arg-type]
+                    "each process needs at least one: add samples or run on fewer devices"
+                )
             sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None  # type: ignore[arg-type]
             loaders.append(
                 DataLoader(

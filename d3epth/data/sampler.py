@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from d3epth.data.resume import SeededBatch, sample_seeds
+from d3epth.errors import ConfigError
 
 
 def default_rank_world() -> tuple[int, int]:
@@ -81,7 +82,7 @@ class MixedBatchSampler(Sampler[SeededBatch]):
         rank: int | None = None,
     ) -> None:
         if isinstance(dataset_sizes, Sampler):
-            raise TypeError(
+            raise ConfigError(
                 f"MixedBatchSampler got a sampler ({type(dataset_sizes).__name__}) instead of dataset sizes: Lightning "
                 "is trying to replace it with a DistributedSampler. MixedBatchSampler is already rank-aware; set "
                 "trainer.use_distributed_sampler: false (Trainer(use_distributed_sampler=False))."

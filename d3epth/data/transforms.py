@@ -28,6 +28,7 @@ from torch import Tensor
 
 from d3epth.data.crops import KB_CROP_SIZE, kb_crop_window
 from d3epth.data.sample import FLIP_PAIRS, Sample
+from d3epth.errors import ConfigError
 
 
 class Transform:
@@ -120,7 +121,7 @@ class Compose(Transform):
     def __init__(self, transforms: Sequence[Transform]) -> None:
         for i, t in enumerate(transforms):
             if not callable(t):
-                raise TypeError(f"Compose: transform {i} ({t!r}) is not callable")
+                raise ConfigError(f"Compose: transform {i} ({t!r}) is not callable")
         self.transforms = list(transforms)
 
     def __call__(self, sample: Sample) -> Sample:

@@ -26,6 +26,7 @@ Validation reports, per validation set, the depth round trip ``decode(encode(d̃
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -247,10 +248,13 @@ class AutoencoderTask(DepthTask):
         super().on_validation_epoch_end()
         for idx, name in enumerate(self._set_names["val"]):
             for key, meter in (("depth_recon_mae", self.val_depth_mae[idx]), ("rgb_recon_mae", self.val_rgb_mae[idx])):
-                if meter.update_count == 0:
-                    continue
-                value = meter.compute()
+                # Every rank computes (under DDP a collective), updated or not; NaN where no rank had a valid pixel.
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
+                    value = meter.compute()
                 meter.reset()
+                if not bool(torch.isfinite(value)):
+                    continue
                 self.log(f"val/{name}/{key}", value, add_dataloader_idx=False)
                 if idx == 0:
                     self.log(f"val/{key}", value, add_dataloader_idx=False)

@@ -17,6 +17,7 @@ from d3epth.data import (
     NYUv2Dataset,
     VirtualKITTI2Dataset,
 )
+from d3epth.errors import ConfigError
 from tests.helpers import CONF
 from tests.helpers.checkpoints import quiet_trainer
 from tests.helpers.data import write_hypersim, write_nyu, write_vkitti2
@@ -110,6 +111,12 @@ def test_rank_from_attached_trainer(roots: dict[str, Path]) -> None:
         batches.append([i for b in sampler for i in b])
         assert [len(dl.sampler) for dl in dm.val_dataloader()] == [2 - rank, 2 - rank]  # 3 samples over 2 ranks
     assert not set(batches[0]) & set(batches[1]) and sorted(batches[0] + batches[1]) == list(range(8))
+    # 4 processes for 3 validation samples: one would have no batch, skip the loop and leave the others waiting.
+    dm.trainer = SimpleNamespace(  # type: ignore[assignment]
+        global_rank=0, world_size=4, _accelerator_connector=SimpleNamespace(use_distributed_sampler=False)
+    )
+    with pytest.raises(ConfigError, match=r"evaluation set hypersim_val has 3 sample\(s\) for 4 processes"):
+        dm.val_dataloader()
 
 
 def test_distributed_trainer_with_lightning_sampler_refused(roots: dict[str, Path]) -> None:
@@ -117,7 +124,7 @@ def test_distributed_trainer_with_lightning_sampler_refused(roots: dict[str, Pat
     dm.trainer = SimpleNamespace(  # type: ignore[assignment]
         global_rank=0, world_size=2, _accelerator_connector=SimpleNamespace(use_distributed_sampler=True)
     )
-    with pytest.raises(RuntimeError, match=r"set trainer.use_distributed_sampler: false"):
+    with pytest.raises(ConfigError, match=r"set trainer.use_distributed_sampler: false"):
         dm.train_dataloader()
 
 
@@ -131,7 +138,7 @@ def test_deterministic_with_workers(roots: dict[str, Path]) -> None:
 
 
 def test_bad_datamodule_arguments(roots: dict[str, Path]) -> None:
-    with pytest.raises(TypeError, match=r"'train' must map names to datasets"):
+    with pytest.raises(ConfigError, match=r"'train' must map names to datasets"):
         DepthDataModule(train=[HypersimDataset(roots["hypersim"])])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"no test sets configured"):
         DepthDataModule(train={"h": HypersimDataset(roots["hypersim"])}).test_dataloader()

@@ -8,6 +8,7 @@ import pytest
 from torch.utils.data import DataLoader, DistributedSampler
 
 from d3epth.data import MixedBatchSampler
+from d3epth.errors import ConfigError
 
 
 def dataset_of(index: int, sizes: list[int]) -> int:
@@ -85,7 +86,7 @@ def test_ranks_split_the_single_process_sequence() -> None:
 
 
 def test_sampler_errors() -> None:
-    with pytest.raises(TypeError, match=r"got a sampler \(DistributedSampler\).*use_distributed_sampler: false"):
+    with pytest.raises(ConfigError, match=r"got a sampler \(DistributedSampler\).*use_distributed_sampler: false"):
         MixedBatchSampler(DistributedSampler(list(range(8)), num_replicas=2, rank=0), 2)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"dataset 1 has 1 samples, fewer than one batch of 2"):
         MixedBatchSampler([10, 1], 2, probabilities=[0.5, 0.5], num_replicas=1, rank=0)
@@ -99,5 +100,5 @@ def test_lightning_distributed_injection_is_refused() -> None:
     from lightning.pytorch.utilities.data import _update_dataloader
 
     loader = DataLoader(list(range(20)), batch_sampler=MixedBatchSampler([20], 2, num_replicas=1, rank=0))
-    with pytest.raises(TypeError, match=r"use_distributed_sampler: false"):
+    with pytest.raises(ConfigError, match=r"use_distributed_sampler: false"):
         _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=0))
