@@ -71,14 +71,23 @@ def read_checkpoint(path: str | Path, purpose: str, mmap: bool = False) -> Any:
         raise MissingFileError(f"{purpose}: checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as err:  # the weights-only unpickler met a global it does not allow
-        raise CheckpointError(
-            f"{purpose}: cannot read checkpoint {path}: it holds objects other than tensors and plain data "
-            f"(refused: loading it could run code){_unsafe_globals(path)}; only load checkpoints written by d3epth, "
-            "or re-save a trusted one as a plain state dict"
+    except pickle.UnpicklingError as err:
+        names = _unsafe_globals(path)
+        if names or "GLOBAL" in str(err):  # the weights-only unpickler met a global it does not allow
+            raise CheckpointError(
+                f"{purpose}: cannot read checkpoint {path}: it holds objects other than tensors and plain data "
+                f"(refused: loading it could run code){names}; only load checkpoints written by d3epth, "
+                "or re-save a trusted one as a plain state dict"
+            ) from err
+        raise CheckpointError(  # the unpickler met bytes no pickle starts with: some other kind of file
+            f"{purpose}: cannot read checkpoint {path}: it is not a PyTorch checkpoint (or is damaged beyond its "
+            "header); name the .ckpt file a run wrote, or copy it again"
         ) from err
-    except Exception as err:  # a truncated or foreign file: zipfile, EOF, OS and torch errors alike
-        raise CheckpointError(f"{purpose}: cannot read checkpoint {path}: {_first_line(err)}") from err
+    except Exception as err:  # a truncated zip, an EOF, an OS error: the file is incomplete
+        raise CheckpointError(
+            f"{purpose}: cannot read checkpoint {path}: it is truncated or damaged ({_first_line(err)}); copy it "
+            "again, or name another checkpoint"
+        ) from err
 
 
 def _unsafe_globals(path: Path) -> str:
@@ -91,9 +100,9 @@ def _unsafe_globals(path: Path) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (torch's can run to many lines), with its type."""
+    """The first sentence of an exception's message (torch's can run to many lines of advice), with its type."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return f"{type(err).__name__}: {lines[0].split('. ')[0].rstrip('.')}" if lines else type(err).__name__
 
 
 def load_task_checkpoint(path: str | Path, accepted: tuple[str, ...], purpose: str) -> dict[str, Any]:

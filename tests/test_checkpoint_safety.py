@@ -102,12 +102,22 @@ def test_tools_refuse_a_payload_in_one_line(
     assert not marker.exists()
 
 
-def test_unreadable_checkpoint_is_one_line(tmp_path: Path) -> None:
-    path = tmp_path / "truncated.ckpt"
-    path.write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(CheckpointError, match=rf"^here: cannot read checkpoint {re.escape(str(path))}: \w+") as e:
-        load_task_checkpoint(path, tasks_with(STUDENT), "here")
-    assert "\n" not in str(e.value)
+def test_unreadable_checkpoint_is_one_line_and_says_why(tmp_path: Path, tiny_checkpoint) -> None:
+    """A damaged file is not called a code-execution risk: truncated, foreign and payload files get their own cause."""
+    whole = tiny_checkpoint("stage2_light")[1].read_bytes()
+    files = {
+        "truncated.ckpt": (whole[: len(whole) // 2], "it is truncated or damaged (", "copy it again"),
+        "broken-zip.ckpt": (b"PK\x03\x04 not really a zip", "it is truncated or damaged (", "copy it again"),
+        "notes.ckpt": (b"not a checkpoint\n", "it is not a PyTorch checkpoint", "name the .ckpt file a run wrote"),
+    }
+    for name, (content, cause, remedy) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match=rf"^here: cannot read checkpoint {re.escape(str(path))}: ") as e:
+            load_task_checkpoint(path, tasks_with(STUDENT), "here")
+        message = str(e.value)
+        assert "\n" not in message and cause in message and remedy in message, message
+        assert REFUSAL not in message and len(message) < 300, message
 
 
 def test_hyper_parameters_are_saved_as_plain_data(tmp_path: Path, stage2: tuple) -> None:
