@@ -47,7 +47,7 @@ from d3epth.errors import CheckpointError
 from d3epth.inference.sizing import SizeRule, max_edge_size, processing_size, resize_bilinear
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.export import is_exported_student, load_student
-from d3epth.models.student import DepthStudent
+from d3epth.models.student import DepthStudent, architecture_arguments
 from d3epth.models.teacher import DiffusionDepthTeacher, load_teacher
 
 if TYPE_CHECKING:  # Lightning: imported only when a task is rebuilt
@@ -264,6 +264,8 @@ def load_task(
     overrides: dict[str, Any] = {}
     if hparams.get("init_from") is not None:
         overrides["init_from"] = None
+    if isinstance(hparams.get("student"), dict):  # the weights are the checkpoint's, not an ImageNet file's
+        overrides["student"] = architecture_arguments(hparams["student"])
     if hparams.get("pixel_decoder") == "light":
         overrides.update(teacher=None, fit_light_to_vae_steps=0)
     elif teacher is not None and "teacher" in hparams:
@@ -307,7 +309,7 @@ def _student_model(
     kwargs = hparams.get("student")
     if not kwargs:
         raise CheckpointError(f"{purpose}: {path} ({name}) has no 'student' hyper-parameter to rebuild its student")
-    kwargs = dict(kwargs)
+    kwargs = architecture_arguments(kwargs)
     student = DepthStudent(**kwargs)
     try:
         student.load_state_dict(student_state_dict(checkpoint))  # the EMA weights when the task kept them

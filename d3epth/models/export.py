@@ -38,7 +38,7 @@ from torch import nn
 from d3epth import __version__
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.fusion import fuse_conv_bn
-from d3epth.models.student import DepthStudent
+from d3epth.models.student import DepthStudent, architecture_arguments
 
 if TYPE_CHECKING:
     from diffusers import MarigoldDepthPipeline  # loads transformers; only the check needs it
@@ -141,8 +141,7 @@ def save_student(
     model = StudentDepthModel(student, vae)  # validates that the pixel decoder's head exists
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    kwargs = _json_ready(dict(student_kwargs), "student")
-    kwargs.pop("pretrained_weights", None)
+    kwargs = _json_ready(architecture_arguments(student_kwargs), "student")
     bounded = vae is not None or kwargs.get("depth_activation") == "tanh"
     depth_range = [-1.0, 1.0] if bounded else None  # None: unbounded
     config = {

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,15 @@ from d3epth.models.decoder import (
 )
 from d3epth.utils.arguments import arguments_dataclass
 
-__all__ = ["DEFAULT_BACKBONE", "HEADS", "LATENT_STRIDE", "TINY_BACKBONE", "DepthStudent", "StudentConfig"]
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "HEADS",
+    "LATENT_STRIDE",
+    "TINY_BACKBONE",
+    "DepthStudent",
+    "StudentConfig",
+    "architecture_arguments",
+]
 
 #: Backbone of the paper-scale configs: the most accurate student at >= 100x the SD2-shaped teacher
 #: (benchmarks/student_pareto.py; benchmarks/results/student_pareto/student_pareto.md).
@@ -61,6 +69,15 @@ HEADS = ("latent", "features", "depth")
 _HEAD_MODULES = {"latent": "latent_head", "features": "feature_adapters", "depth": "depth_head"}
 #: Downsampling factor of the Stable Diffusion VAE: the teacher's latent is at 1/8 resolution.
 LATENT_STRIDE = 8
+
+
+def architecture_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``DepthStudent`` arguments that rebuild a student whose weights come from elsewhere (a checkpoint, a file).
+
+    ``pretrained_weights`` is dropped: the trained weights replace what it would load, and the file it names need not
+    exist where a checkpoint is used (another machine, a moved download).
+    """
+    return {key: value for key, value in kwargs.items() if key != "pretrained_weights"}
 
 
 def _lcm_of_strides(strides: Sequence[float]) -> int:

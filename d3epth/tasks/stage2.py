@@ -41,7 +41,7 @@ from d3epth.losses import HybridDepthLoss, resolve_shared_parameters, ssi_loss
 from d3epth.losses.hybrid import LossConfig
 from d3epth.losses.ssi import align_prediction
 from d3epth.models.depth_model import student_depth
-from d3epth.models.student import DepthStudent, StudentConfig
+from d3epth.models.student import DepthStudent, StudentConfig, architecture_arguments
 from d3epth.models.teacher.sources import TeacherSpec, load_teacher, resolve_teacher_source
 from d3epth.tasks.base import Batch, DepthTask, student_parameter_groups
 
@@ -124,6 +124,7 @@ class PixelRefinementTask(DepthTask):
             checkpoint = load_task_checkpoint(init_from, tasks_with(STUDENT), "model.init_args.init_from")
             if student is None:
                 student = dict(checkpoint["hyper_parameters"]["student"])
+            student = architecture_arguments(student)  # init_from's weights replace any pretrained backbone file
         if student is None:
             raise ValueError("set model.init_args.student (DepthStudent arguments) or init_from (a stage-1 checkpoint)")
         student = plain_data(student)

@@ -60,6 +60,31 @@ def test_stage2_checkpoint_loads_after_its_stage1_checkpoint_is_gone(
     torch.testing.assert_close(load_predictor(path).predict(image), expected, rtol=0, atol=0)
 
 
+def test_checkpoints_do_not_need_the_pretrained_backbone_file_they_started_from(tmp_path: Path) -> None:
+    """``pretrained_weights`` only seeds training: predict, load_task, export and init_from work once it is gone."""
+    import timm
+
+    from d3epth.cli import export
+    from tests.helpers.checkpoints import STUDENT
+
+    weights = tmp_path / "imagenet.pth"
+    torch.save(timm.create_model(STUDENT["backbone"], pretrained=False).state_dict(), weights)
+    stage1 = tiny_task("stage1", seed=1, student={**STUDENT, "heads": ["latent"], "pretrained_weights": str(weights)})
+    stage1_path = save_task(stage1.eval(), tmp_path / "stage1.ckpt")
+    stage2 = PixelRefinementTask(init_from=str(stage1_path)).eval()
+    assert "pretrained_weights" not in stage2.hparams["student"]
+    stage2_path = save_task(stage2, tmp_path / "stage2.ckpt")
+    image = rand_image(1, 20, 33)
+    with torch.no_grad():
+        expected = stage1.predict_depth({"image": image})
+    weights.unlink()
+    torch.testing.assert_close(load_predictor(stage1_path).predict(image), expected, rtol=0, atol=0)
+    assert isinstance(inference.load_task(stage1_path), LatentDistillationTask)
+    assert PixelRefinementTask(init_from=str(stage1_path)).hparams["student"]["backbone"] == STUDENT["backbone"]
+    assert load_predictor(stage2_path).predict(image).shape == (1, 1, 20, 33)
+    assert export.main([str(stage1_path), "--out", str(tmp_path / "exported")]) == 0
+
+
 def test_stage2_vae_checkpoint_is_the_student_with_the_teacher_vae(
     tmp_path: Path, stage1: tuple[LatentDistillationTask, Path]
 ) -> None:
