@@ -197,8 +197,9 @@ class DepthDataModule(L.LightningDataModule):
         self.train_sets = _check_sets(train, "train")
         self.val_sets = _check_sets(val, "val")
         self.test_sets = _check_sets(test, "test")
-        if batch_size < 1 or val_batch_size < 1:
-            raise ValueError(f"DepthDataModule: batch sizes must be >= 1, got {batch_size}, {val_batch_size}")
+        for key, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value < 1:
+                raise ConfigError(f"data.init_args.{key}: must be >= 1, got {value}")
         if num_workers < 0:
             raise ValueError(f"DepthDataModule: num_workers must be >= 0, got {num_workers}")
         self.batch_size = int(batch_size)

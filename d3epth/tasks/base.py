@@ -144,7 +144,13 @@ class DepthTask(L.LightningModule):
         for key, value in list(self.hparams.items()):
             self.hparams[key] = plain_data(value)
         if optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+            raise ConfigError(f"model.init_args.optimizer: must be 'adam' or 'adamw', got {optimizer!r}")
+        checks = {"lr": (lr, lr > 0, "> 0"), "weight_decay": (weight_decay, weight_decay >= 0, ">= 0")}
+        checks["warmup_steps"] = (warmup_steps, warmup_steps >= 0, ">= 0")
+        checks["final_lr_ratio"] = (final_lr_ratio, 0 < final_lr_ratio <= 1, "in (0, 1]")
+        for key, (value, valid, expected) in checks.items():
+            if not valid:  # caught here, before a trainer is built, rather than by torch.optim after set-up
+                raise ConfigError(f"model.init_args.{key}: must be {expected}, got {value}")
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
         self._set_names: dict[str, list[str]] = {"val": [], "test": []}

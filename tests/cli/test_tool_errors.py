@@ -54,6 +54,16 @@ CASES = {
         ["--config", "{fit}", "--data.init_args.train.hypersim.init_args.root={missing}"],
         "HypersimDataset: root folder {missing} does not exist",
     ),
+    "fit: value": (
+        "fit",
+        ["--config", "{fit}", "--model.init_args.lr=-1"],
+        "model.init_args.lr: must be > 0, got -1.0",
+    ),
+    "fit: data value": (
+        "fit",
+        ["--config", "{fit}", "--data.init_args.batch_size=0"],
+        "data.init_args.batch_size: must be >= 1, got 0",
+    ),
     "fit: checkpoint": (
         "fit",
         ["--config", "{fit}", "--model.init_args.init_from={corrupt}"],
