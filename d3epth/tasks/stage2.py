@@ -124,10 +124,11 @@ class PixelRefinementTask(DepthTask):
             checkpoint = load_task_checkpoint(init_from, tasks_with(STUDENT), "model.init_args.init_from")
             if student is None:
                 student = dict(checkpoint["hyper_parameters"]["student"])
-            student = architecture_arguments(student)  # init_from's weights replace any pretrained backbone file
         if student is None:
             raise ValueError("set model.init_args.student (DepthStudent arguments) or init_from (a stage-1 checkpoint)")
         student = plain_data(student)
+        if init_from is not None:
+            student = architecture_arguments(student)  # init_from's weights replace any pretrained backbone file
         needed = "depth" if pixel_decoder == "light" else "latent"
         heads = list(student.get("heads", ("latent", "depth")))
         if isinstance(heads, str):
