@@ -118,6 +118,14 @@ class HybridDepthLoss(nn.Module):
         Returns:
             ``(loss, parts)``: the objective to back-propagate (float32) and detached scalars for logging.
         """
+        return self.weigh(self.terms(pred, target, mask, image), shared_parameters)
+
+    def terms(self, pred: Tensor, target: Tensor, mask: Tensor, image: Tensor | None = None) -> dict[str, Tensor]:
+        """The unweighted terms ``{"ssi": L_ssi, "grad": L_grad}`` (float32 scalars); arguments as :meth:`forward`.
+
+        With several targets in one step (ground truth and a pseudo-label), sum their terms and :meth:`weigh` once:
+        the weighting (its regulariser, DWA's history, GradNorm's gradient norms) then sees one objective per step.
+        """
         check_depth_inputs(pred, target, mask, caller="HybridDepthLoss")
         if self.gradient.edge_source in ("image", "both") and image is None:
             raise ValueError(
@@ -125,17 +133,18 @@ class HybridDepthLoss(nn.Module):
             )
         aligned = align_prediction(pred, target, mask)
         loss_ssi = aligned_data_loss(aligned, target, mask, data_term=self.data_term, reduction=self.reduction)
-        loss_grad = self.gradient(aligned, target, mask, image=image)
+        return {"ssi": loss_ssi, "grad": self.gradient(aligned, target, mask, image=image)}
+
+    def weigh(
+        self, terms: dict[str, Tensor], shared_parameters: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted objective of :meth:`terms` and the logged parts (terms, weights, GradNorm's auxiliary loss)."""
         # Read the weights before the call: DWA may close a history window inside it, and the logged weights should
         # be the ones this step's objective used.
         weights = self.weighting.weights()
-        total = self.weighting({"ssi": loss_ssi, "grad": loss_grad}, shared_parameters=shared_parameters)
-        parts = {
-            "loss_ssi": loss_ssi.detach(),
-            "loss_grad": loss_grad.detach(),
-            "weight_ssi": weights["ssi"],
-            "weight_grad": weights["grad"],
-        }
+        total = self.weighting(terms, shared_parameters=shared_parameters)
+        parts = {f"loss_{name}": value.detach() for name, value in terms.items()}
+        parts.update({f"weight_{name}": weights[name] for name in terms})
         if self.weighting.aux_loss is not None:
             parts["loss_gradnorm"] = self.weighting.aux_loss
         return total, parts

@@ -79,8 +79,9 @@ class PixelRefinementTask(DepthTask):
             the paper, after Depth Anything V2's students: ``"unlabeled"`` (batches of training sets without ground
             truth), ``"all"`` (those, plus a pseudo-label term on every labelled batch), ``"none"`` (unlabeled batches
             are skipped: no optimiser update).
-        pseudo_label_weight: weight of the pseudo-label term (the Hybrid Depth Loss against ``teacher_depth``, every
-            pixel valid); logged apart as ``train/pseudo_loss``.
+        pseudo_label_weight: weight of the pseudo-label terms (the Hybrid Depth Loss's SSI and gradient terms against
+            ``teacher_depth``), added to the ground-truth terms before the one weighting of the step; logged apart as
+            ``train/pseudo_loss`` (their unweighted sum) and ``train/pseudo_loss_{ssi,grad}``.
         pseudo_label_ignore_fraction: per image, leave out this fraction of pixels with the largest aligned error to
             the pseudo-label (Depth Anything V2 ignores the top 10 % for noisy pseudo-labels); 0 keeps all.
         backbone_lr_scale: learning-rate factor for the backbone relative to the decoder and heads.
@@ -265,20 +266,23 @@ class PixelRefinementTask(DepthTask):
         pred = self(image)
         shared = self._gradnorm_parameters if self.training else None
         batch_size = image.shape[0]
-        loss = pred.new_zeros(())
+        terms: dict[str, Tensor] = {}
         if not unlabeled:
-            loss, parts = self.loss(
-                pred, batch["depth_norm"], batch["valid_mask"], image=image, shared_parameters=shared
-            )
-            self.log_dict({f"train/{key}": value for key, value in parts.items()}, batch_size=batch_size)
+            terms = self.loss.terms(pred, batch["depth_norm"], batch["valid_mask"], image=image)
+            self.log_dict({f"train/loss_{k}": v.detach() for k, v in terms.items()}, batch_size=batch_size)
         if unlabeled or self.hparams.pseudo_labels == "all":
             target = self.pseudo_label(batch)
-            pseudo, parts = self.loss(
-                pred, target, self.pseudo_label_mask(pred, target), image=image, shared_parameters=shared
-            )
-            loss = loss + self.hparams.pseudo_label_weight * pseudo
-            self.log("train/pseudo_loss", pseudo, batch_size=batch_size)
-            self.log_dict({f"train/pseudo_{key}": value for key, value in parts.items()}, batch_size=batch_size)
+            pseudo = self.loss.terms(pred, target, self.pseudo_label_mask(pred, target), image=image)
+            self.log_dict({f"train/pseudo_loss_{k}": v.detach() for k, v in pseudo.items()}, batch_size=batch_size)
+            self.log("train/pseudo_loss", sum(pseudo.values()).detach(), batch_size=batch_size)
+            weight = self.hparams.pseudo_label_weight
+            terms = {k: terms[k] + weight * v if k in terms else weight * v for k, v in pseudo.items()}
+        # One weighting call per step on the summed terms: its regulariser, history or gradient norms see one objective.
+        loss, parts = self.loss.weigh(terms, shared_parameters=shared)
+        self.log_dict(
+            {f"train/{k}": v for k, v in parts.items() if not k.startswith("loss_") or k == "loss_gradnorm"},
+            batch_size=batch_size,
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         return loss
 

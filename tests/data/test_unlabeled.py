@@ -223,3 +223,38 @@ def test_target_mask_covers_every_pixel_of_an_unlabeled_image_only() -> None:
     mask = target_mask(valid, torch.tensor([True, False]))
     assert torch.equal(mask[0], valid[0]) and bool(mask[1].all())
     assert target_mask(valid, None) is valid
+
+
+def test_pseudo_labels_all_weigh_the_summed_terms_once() -> None:
+    """Ground-truth and pseudo-label terms are summed per term, then weighted once (one regulariser, one DWA entry).
+
+    Uncertainty weighting with s = (0.3, -0.2): loss = Σ_k ½ e^{-s_k} (L_k^gt + w L_k^pseudo) + ½ s_k, w = 0.5.
+    """
+    from tests.helpers.checkpoints import tiny_task
+
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1,
+        "depth_norm": torch.rand(2, 1, 32, 32, generator=generator) * 2 - 1,
+        "valid_mask": torch.rand(2, 1, 32, 32, generator=generator) > 0.2,
+        "teacher_depth": torch.rand(2, 1, 32, 32, generator=generator) * 2 - 1,
+    }
+    task = tiny_task("stage2_light", pseudo_labels="all", pseudo_label_weight=0.5)
+    s = torch.tensor([0.3, -0.2])
+    with torch.no_grad():
+        task.loss.weighting.log_vars.copy_(s)
+        pred = task(batch["image"])
+        gt = task.loss.terms(pred, batch["depth_norm"], batch["valid_mask"], image=batch["image"])
+        pseudo = task.loss.terms(pred, batch["teacher_depth"], torch.ones_like(batch["valid_mask"]), batch["image"])
+        expected = sum(
+            0.5 * torch.exp(-s[k]) * (gt[name] + 0.5 * pseudo[name]) + 0.5 * s[k]
+            for k, name in enumerate(("ssi", "grad"))
+        )
+        with pytest.warns(UserWarning, match="self.log"):  # no trainer attached
+            loss = task.training_step(batch, 0)
+    torch.testing.assert_close(loss, expected)
+
+    dwa = tiny_task("stage2_light", pseudo_labels="all", loss={"weighting": "dwa", "weighting_kwargs": {"window": 5}})
+    with torch.no_grad(), pytest.warns(UserWarning, match="self.log"):
+        dwa.training_step(batch, 0)
+    assert int(dwa.loss.weighting.window_count) == 1  # one record per step, not one per target
