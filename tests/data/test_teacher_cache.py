@@ -304,6 +304,19 @@ def test_missing_entries_named(roots: dict[str, Path], cache32: Path, tmp_path: 
         TeacherCache(copy).load("vkitti2", path, (16, 40))
 
 
+def test_other_files_of_the_same_names_refused(roots: dict[str, Path], cache32: Path, tmp_path: Path) -> None:
+    """Another Hypersim root with the same frame names (another seed) is not served the cached targets; a copy is."""
+    other = tmp_path / "other"
+    write_hypersim(other, {"train": 5, "val": 2}, size=HYPERSIM_SIZE, seed=1)
+    sets = {**train_sets(roots), "hypersim": HypersimDataset(other, "train")}
+    assert [e["rel"] for e in sets["hypersim"].entries] == [e["rel"] for e in train_sets(roots)["hypersim"].entries]
+    with pytest.raises(TeacherCacheError, match=r"'hypersim' is configured differently .*content: cached 'sha256:"):
+        DepthDataModule(train=sets, teacher_cache=str(cache32), num_workers=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(roots["hypersim"], copy)
+    DepthDataModule(train={**train_sets(roots), "hypersim": HypersimDataset(copy, "train")}, teacher_cache=str(cache32))
+
+
 def test_size_mismatch_refused(roots: dict[str, Path], cache32: Path) -> None:
     sets = train_sets(roots, resize=[16, 24])
     with pytest.raises(

@@ -56,11 +56,28 @@ def _describe(transform: Any) -> Any:
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
 
 
+def content_fingerprint(dataset: BaseDepthDataset) -> str:
+    """SHA-256 over the names and RGB bytes of the first, middle and last listed samples (three file reads).
+
+    Entries are keyed by relative path, so another root whose files share the names (another scene set, another
+    seed of generated data) would otherwise be served these targets; a moved copy of the same files still matches.
+    """
+    entries = dataset.entries
+    digest = hashlib.sha256(f"{len(entries)}|".encode())
+    for index in sorted({0, len(entries) // 2, len(entries) - 1}):
+        entry = entries[index]
+        digest.update(f"{entry['rel']}|".encode())
+        if "rgb" in entry:
+            digest.update(entry["rgb"].read_bytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def dataset_signature(dataset: Dataset) -> dict[str, Any]:
-    """What, besides the files, decides the image a dataset returns: its class and deterministic geometry.
+    """What decides the images a dataset returns: its class, deterministic geometry and a fingerprint of its files.
 
     Recorded per training set in the index and compared when the cache is used, so a cache written at another
-    ``resize`` / interpolation / crop cannot silently serve latents of a different image.
+    ``resize`` / interpolation / crop, or for other files of the same names (:func:`content_fingerprint`), cannot
+    silently serve latents of a different image.
     """
     signature: dict[str, Any] = {"class": type(dataset).__name__}
     if isinstance(dataset, BaseDepthDataset):
@@ -71,6 +88,7 @@ def dataset_signature(dataset: Dataset) -> dict[str, Any]:
             antialias=None if resize is None else bool(resize.antialias),
             kb_crop=bool(dataset.kb_crop),
             transforms=_describe(dataset.transforms),
+            content=content_fingerprint(dataset),
         )
     return signature
 
