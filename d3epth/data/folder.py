@@ -19,7 +19,7 @@ Valid pixels: ``min_depth < depth < max_depth`` (strict), finite, and the mask w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -174,19 +174,29 @@ class FolderDepthDataset(BaseDepthDataset):
             entries = self._pair_folders()
         if self.mask_dir is not None:
             masks = _index(self.root / self.mask_dir, MASK_SUFFIXES, self.recursive, "mask_dir")
-            lacking = [e["rel"] for e in entries if e["rel"] not in masks]
+            lacking = [e["rel"] for e in entries if e.get("mask_key", e["rel"]) not in masks]
             if lacking:
                 raise DataError(
                     f"FolderDepthDataset: {len(lacking)} sample(s) have no mask of the same stem in "
                     f"{self.root / self.mask_dir}: {_listed(lacking)}; add the masks or drop mask_dir"
                 )
             for entry in entries:
-                entry["mask"] = masks[entry["rel"]]
+                entry["mask"] = masks[entry.pop("mask_key", entry["rel"])]
         return entries
 
     def _parse_line(self, parts: list[str], where: str) -> dict[str, Any] | None:
-        """A list line ``RGB DEPTH``; its mask (if any) is matched on the RGB file's stem."""
-        return {"rgb": self.root / parts[0], "depth": self.root / parts[1], "rel": Path(parts[0]).stem}
+        """A list line ``RGB DEPTH``; its mask (if any) is matched on the RGB file's stem.
+
+        The sample's name is the RGB path without its suffix (``rgb/b/001``): a stem alone would give ``rgb/a/001.png``
+        and ``rgb/b/001.png`` one name, and the teacher cache, keyed by name, one target.
+        """
+        rgb = PurePosixPath(parts[0])
+        return {
+            "rgb": self.root / parts[0],
+            "depth": self.root / parts[1],
+            "rel": rgb.with_suffix("").as_posix(),
+            "mask_key": rgb.stem,
+        }
 
     def _pair_folders(self) -> list[dict[str, Any]]:
         rgb_dir, depth_dir = self.root / self.rgb_dir, self.root / self.depth_dir

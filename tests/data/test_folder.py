@@ -81,6 +81,10 @@ def test_list_file_and_recursive_pairing(tmp_path: Path) -> None:
     listed = FolderDepthDataset(tmp_path, list_file="pairs.txt", split="train")
     assert len(listed) == 1 and float(listed[0]["depth"].max()) == 2.0
     assert listed.split == "train"
+    # Listed files of the same stem in two folders keep two names (the teacher cache keys its targets by name).
+    (tmp_path / "pairs.txt").write_text("rgb/x/001.jpg depth/x/001.png\nrgb/y/001.jpg depth/y/001.png\n")
+    both = FolderDepthDataset(tmp_path, list_file="pairs.txt")
+    assert [both[i]["path"] for i in range(2)] == ["rgb/x/001", "rgb/y/001"]
 
 
 def test_errors_are_one_line_and_name_the_problem(tmp_path: Path) -> None:
