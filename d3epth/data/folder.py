@@ -18,7 +18,8 @@ Valid pixels: ``min_depth < depth < max_depth`` (strict), finite, and the mask w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from d3epth.data.base import MAX_REPORTED, UINT16_MODES, BaseDepthDataset, _open_checked, read_rgb, read_uint16_png
+from d3epth.data.storage import DataPath, data_root
 from d3epth.data.transforms import Transform
 from d3epth.errors import DataError, MissingFileError
 
@@ -38,7 +40,13 @@ DEPTH_SUFFIXES: frozenset[str] = frozenset({".png", ".npy", ".tif", ".tiff"})
 MASK_SUFFIXES: frozenset[str] = frozenset({".png", ".bmp", ".tif", ".tiff", ".npy"})
 
 
-def read_depth_file(path: Path, depth_scale: float) -> np.ndarray:
+def _load_npy(path: DataPath) -> np.ndarray:
+    """``numpy.load`` of a folder file or an archive member (never unpickling)."""
+    source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
+    return np.load(source, allow_pickle=False)
+
+
+def read_depth_file(path: DataPath, depth_scale: float) -> np.ndarray:
     """Depth in metres, float32 [H,W], from a 16-bit PNG/TIFF (÷ ``depth_scale``), a ``.npy`` or a float TIFF.
 
     Non-finite values become 0 (no depth), so that they never pass as "beyond max_depth".
@@ -53,7 +61,7 @@ def read_depth_file(path: Path, depth_scale: float) -> np.ndarray:
         depth = read_uint16_png(path).astype(np.float32) / np.float32(depth_scale)
     elif suffix == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            array = _load_npy(path)
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: unreadable .npy file ({err})") from err
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
@@ -72,27 +80,36 @@ def read_depth_file(path: Path, depth_scale: float) -> np.ndarray:
     return np.where(np.isfinite(depth), depth, np.float32(0.0)).astype(np.float32)
 
 
-def read_mask_file(path: Path) -> np.ndarray:
+def read_mask_file(path: DataPath) -> np.ndarray:
     """A validity mask, bool [H,W]: non-zero pixels of an image or ``.npy`` array are valid."""
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            array = _load_npy(path)
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: unreadable .npy mask ({err})") from err
         return np.squeeze(array) != 0
     return np.asarray(_open_checked(path).convert("L")) > 0
 
 
-def _index(folder: Path, suffixes: frozenset[str], recursive: bool, what: str) -> dict[str, Path]:
+def _files(folder: DataPath, recursive: bool) -> Iterator[DataPath]:
+    """The files in ``folder`` (and its sub-folders when ``recursive``), a folder or an archive member alike."""
+    for child in folder.iterdir():
+        if child.is_file():
+            yield child
+        elif recursive and child.is_dir():
+            yield from _files(child, recursive)
+
+
+def _index(folder: DataPath, suffixes: frozenset[str], recursive: bool, what: str) -> dict[str, DataPath]:
     """Files of ``folder`` by stem (or relative path without suffix when ``recursive``)."""
     if not folder.is_dir():
         raise MissingFileError(f"FolderDepthDataset: {what} folder {folder} does not exist")
-    files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
-    found: dict[str, Path] = {}
+    files = sorted(_files(folder, recursive))
+    found: dict[str, DataPath] = {}
     for path in files:
         if path.suffix.lower() not in suffixes:
             continue
-        key = path.relative_to(folder).with_suffix("").as_posix()
+        key = PurePosixPath(path.relative_to(folder)).with_suffix("").as_posix()
         if key in found:
             raise DataError(f"FolderDepthDataset: {found[key]} and {path} share the stem {key!r}; keep one of them")
         found[key] = path
@@ -148,11 +165,10 @@ class FolderDepthDataset(BaseDepthDataset):
         self.depth_scale = float(depth_scale)  # shadows the class default: this dataset's own encoding
         self.rgb_dir, self.depth_dir, self.mask_dir = rgb_dir, depth_dir, mask_dir
         self.recursive = bool(recursive)
-        root_path = Path(root)
         super().__init__(
             root,
             split if split in self.splits else "all",
-            split_file=(root_path / list_file) if list_file is not None else None,
+            split_file=(data_root(root) / str(list_file)) if list_file is not None else None,
             min_depth=min_depth,
             max_depth=max_depth,
             resize=resize,
@@ -164,7 +180,7 @@ class FolderDepthDataset(BaseDepthDataset):
         self.split = split
 
     # ------------------------------------------------------------------ pairing
-    def _default_split_file(self) -> Path:
+    def _default_split_file(self) -> DataPath:
         return self.root / self.rgb_dir  # no list: the pairs come from the folders (see _read_list)
 
     def _read_list(self) -> list[dict[str, Any]]:
@@ -230,15 +246,15 @@ class FolderDepthDataset(BaseDepthDataset):
     # ------------------------------------------------------------------ reading
     def _read_pair(self, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 [H,W,3] and depth in metres float32 [H,W], 0 where the mask (if any) says invalid."""
-        rgb = read_rgb(Path(entry["rgb"]))
-        depth = read_depth_file(Path(entry["depth"]), self.depth_scale)
+        rgb = read_rgb(entry["rgb"])
+        depth = read_depth_file(entry["depth"], self.depth_scale)
         if rgb.shape[:2] != depth.shape:
             raise DataError(
                 f"{entry['rgb']} is {rgb.shape[0]}x{rgb.shape[1]} but its depth {entry['depth']} is "
                 f"{depth.shape[0]}x{depth.shape[1]}; RGB and depth must have the same size"
             )
         if "mask" in entry:
-            mask = read_mask_file(Path(entry["mask"]))
+            mask = read_mask_file(entry["mask"])
             if mask.shape != depth.shape:
                 raise DataError(
                     f"{entry['mask']} is {mask.shape[0]}x{mask.shape[1]} but {entry['rgb']} is "

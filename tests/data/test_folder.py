@@ -87,6 +87,28 @@ def test_list_file_and_recursive_pairing(tmp_path: Path) -> None:
     assert [both[i]["path"] for i in range(2)] == ["rgb/x/001", "rgb/y/001"]
 
 
+def test_a_tar_root_reads_like_the_folder(tmp_path: Path) -> None:
+    """Folder pairing (recursive, with .npy masks) and a list file, from an uncompressed .tar read in place."""
+    from d3epth.data.storage import write_tar
+
+    root = tmp_path / "own"
+    for k, sub in enumerate(("x", "y")):
+        rgb(root, f"{sub}/001")
+        write_png16(root / "depth" / sub / "001.png", np.full((H, W), 1500 + 1000 * k, np.uint16))
+        (root / "mask" / sub).mkdir(parents=True)
+        np.save(root / "mask" / sub / "001.npy", np.eye(H, W))
+    (root / "pairs.txt").write_text("rgb/x/001.png depth/x/001.png\nrgb/y/001.png depth/y/001.png\n")
+    archive = write_tar(root, tmp_path / "own.tar")
+    for options in ({"recursive": True, "mask_dir": "mask"}, {"list_file": "pairs.txt"}):
+        folder, packed = FolderDepthDataset(root, **options), FolderDepthDataset(archive, **options)
+        assert len(packed) == len(folder) == 2
+        for a, b in zip(folder, packed, strict=True):
+            assert a["path"] == b["path"]
+            for key in ("image", "depth", "valid_mask"):
+                assert torch.equal(a[key], b[key]), (options, key)
+    assert int(packed[0]["valid_mask"].sum()) == H * W and int(folder[1]["depth"].max() * 1000) == 2500
+
+
 def test_errors_are_one_line_and_name_the_problem(tmp_path: Path) -> None:
     rgb(tmp_path, "a")
     rgb(tmp_path, "b")
