@@ -8,7 +8,9 @@ Layout (written by Marigold's ``preprocess_hypersim.py`` or ``tools/prepare_hype
     <root>/filename_list_train_filtered.txt                 Marigold's filtered list (used when present)
 
 List paths are relative to ``<root>/<split>/``, so Marigold's own ``data_split/hypersim_depth/*.txt`` files work as
-``split_file``.
+``split_file``. The root may also be one split's folder itself, as Marigold's README packs it (``tar -cf
+hypersim_processed_train.tar .`` inside ``processed/train``): without a ``<root>/<split>/`` folder, the scenes and the
+split's list are read from ``<root>/`` directly.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ class HypersimDataset(BaseDepthDataset):
     W = 1024), principal point at the image centre; per-scene tilt-shift deviations are ignored, as in Marigold.
 
     Args:
-        root: folder holding ``train/``, ``val/``, ``test/`` (e.g. ``sample_data/hypersim``).
+        root: folder (or ``.tar``) holding ``train/``, ``val/``, ``test/`` (e.g. ``sample_data/hypersim``), or one
+            split's folder / tar itself (Marigold's ``hypersim_processed_train.tar``).
         split: ``train``, ``val`` or ``test``.
         split_file: list file; ``None`` = ``<root>/filename_list_<split>_filtered.txt`` if present, else
-            ``<root>/<split>/filename_list_<split>.txt``.
+            ``<split folder>/filename_list_<split>.txt``.
         min_depth, max_depth: valid range in metres (strict).
         resize: ``[height, width]`` (Marigold trains at ``[480, 640]``) or ``None``.
         image_interpolation: RGB resize mode (Marigold: ``nearest-exact``; default ``bilinear`` with antialiasing).
@@ -82,10 +85,11 @@ class HypersimDataset(BaseDepthDataset):
 
     def _default_split_file(self) -> DataPath:
         filtered = self.root / f"filename_list_{self.split}_filtered.txt"
-        return filtered if filtered.is_file() else self.root / self.split / f"filename_list_{self.split}.txt"
+        return filtered if filtered.is_file() else self._data_dir() / f"filename_list_{self.split}.txt"
 
     def _data_dir(self) -> DataPath:
-        return self.root / self.split
+        split_dir = self.root / self.split
+        return split_dir if split_dir.is_dir() else self.root  # a root that is the split's folder (Marigold's tar)
 
     def _intrinsics(self, entry: dict[str, Any], height: int, width: int) -> Tensor | None:
         if not self.with_intrinsics:

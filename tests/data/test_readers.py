@@ -83,6 +83,21 @@ def test_hypersim_prefers_filtered_list_and_intrinsics(tmp_path: Path) -> None:
     assert len(unfiltered) == 4
 
 
+def test_hypersim_reads_marigolds_per_split_tar(tmp_path: Path) -> None:
+    """Marigold packs ``processed/train`` itself (``tar -cf hypersim_processed_train.tar .``): no ``train/`` inside."""
+    from d3epth.data.storage import write_tar
+
+    written = write_hypersim(tmp_path / "hs", {"train": 6}, size=(24, 32))["train"]
+    assert len({w.rgb_rel.split("/")[0] for w in written}) > 1  # several scenes: the tar has no single top folder
+    archive = write_tar(tmp_path / "hs" / "train", tmp_path / "hypersim_processed_train.tar")
+    folder, packed = HypersimDataset(tmp_path / "hs", "train"), HypersimDataset(archive, "train")
+    assert len(packed) == len(folder) == 6
+    for a, b in zip(folder, packed, strict=True):
+        assert a["path"] == b["path"] and torch.equal(a["image"], b["image"]) and torch.equal(a["depth"], b["depth"])
+    # The split's folder itself as the root works the same way.
+    assert len(HypersimDataset(tmp_path / "hs" / "train", "train")) == 6
+
+
 def test_hypersim_resize_nearest_keeps_written_depths(tmp_path: Path) -> None:
     written = write_hypersim(tmp_path / "hs", {"train": 1}, size=(24, 32))["train"][0]
     s = HypersimDataset(tmp_path / "hs", resize=[12, 20])[0]
