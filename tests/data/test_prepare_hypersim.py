@@ -209,6 +209,34 @@ def test_resume_skips_done_frames_and_redoes_broken_ones(raw: Path, tmp_path: Pa
     assert not list(out.rglob("*.tmp"))
 
 
+def test_resumed_invalid_ratio_counts_entity_ids_as_a_fresh_run(raw: Path, tmp_path: Path) -> None:
+    """NaN / Inf distances on valid entities become depth 0 but are not Marigold's invalid pixels (entity -1)."""
+    import shutil
+
+    import h5py
+
+    copy = tmp_path / "raw"
+    shutil.copytree(raw, copy)
+
+    def converted(path: Path) -> bool:  # the generator leaves one frame without its colour file (skipped)
+        colour = path.parent.parent / path.parent.name.replace("_geometry_", "_final_")
+        return (colour / path.name.replace("depth_meters", "color")).is_file()
+
+    distance = next(p for p in sorted(copy.rglob("frame.*.depth_meters.hdf5")) if converted(p))
+    with h5py.File(distance, "r+") as f:
+        values = np.asarray(f["dataset"])
+        values[:2, :3] = np.nan
+        values[2, :2] = np.inf
+        f["dataset"][...] = values
+    out = tmp_path / "out"
+    ph.prepare_hypersim(copy, out, progress=False)
+    split = next(p.parent.name for p in out.rglob("filename_meta_*.csv") if distance.parts[-4] in p.read_text())
+    meta = out / split / f"filename_meta_{split}.csv"
+    fresh = meta.read_text()
+    assert ph.prepare_hypersim(copy, out, splits=[split], progress=False)[split].resumed > 0
+    assert meta.read_text() == fresh
+
+
 def test_parallel_equals_serial(raw: Path, prepared: tuple[Path, dict[str, ph.SplitSummary]], tmp_path: Path) -> None:
     out, _ = prepared
     ph.prepare_hypersim(raw, tmp_path, splits=["train"], workers=2, progress=False)

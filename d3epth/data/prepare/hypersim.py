@@ -249,8 +249,10 @@ def convert_frame(
     existing = None if overwrite else _readable_outputs(rgb_file, depth_file)
     if existing is not None:
         rgb_int, depth_mm = existing
-        # Entity ids are not re-read on resume: invalid pixels are exactly the zeros written for them.
-        invalid_ratio = np.count_nonzero(depth_mm == 0) / depth_mm.size
+        # Re-read the entity ids (one small HDF5): the depth PNG's zeros also hold NaN / Inf distances and depths
+        # under 0.5 mm, so counting them would give another invalid_ratio, and another filtered list, on resume.
+        entity = read_hdf5(inputs[2])
+        invalid_ratio = np.count_nonzero(entity == -1) / entity.size
         result.stats, result.depth_range, result.rgb_range = _stats(rgb_int, depth_mm, invalid_ratio)
         result.resumed = True
         return result
