@@ -50,12 +50,13 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def bf16_supported(device: str | torch.device) -> bool:
     """Whether ``device`` computes in bf16 natively (so bf16 is faster, not emulated).
 
-    CPU: AVX512-BF16 or AMX tiles (what oneDNN's bf16 convolutions use); CUDA: ``torch.cuda.is_bf16_supported()``
-    (compute capability 8.0+). Other devices: ``False``.
+    CPU: AVX512-BF16 or AMX tiles (what oneDNN's bf16 convolutions use); CUDA: compute capability 8.0+ of that
+    device (``torch.cuda.is_bf16_supported()`` also counts emulated bf16 on older GPUs, and asks the current
+    device). Other devices: ``False``.
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     return False

@@ -31,12 +31,18 @@ def test_auto_on_cpu_follows_the_capability_probe(
     assert resolve_precision("fp16", "cpu") == torch.float16
 
 
-@pytest.mark.parametrize("bf16", [True, False])
-def test_auto_on_cuda_follows_is_bf16_supported(monkeypatch: pytest.MonkeyPatch, bf16: bool) -> None:
+@pytest.mark.parametrize(("capability", "bf16"), [((8, 0), True), ((9, 0), True), ((7, 5), False), ((7, 0), False)])
+def test_auto_on_cuda_is_bf16_from_compute_capability_8(
+    monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int], bf16: bool
+) -> None:
+    """Ampere+ only: a T4 (7.5) or V100 (7.0) emulates bf16, which torch.cuda.is_bf16_supported() counts by default."""
+    asked: list[torch.device] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # emulation counts there
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
     # fp16 is never chosen by auto: only when asked for.
-    assert resolve_precision("auto", "cuda") == (torch.bfloat16 if bf16 else torch.float32)
+    assert resolve_precision("auto", "cuda:1") == (torch.bfloat16 if bf16 else torch.float32)
+    assert asked == [torch.device("cuda:1")]  # the device asked about, not the current one
 
 
 def test_unknown_precision_is_refused() -> None:
