@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="image size the ONNX graph is traced at (default: one that needs internal padding, e.g. 69x103 for a "
-        "stride-32 backbone, so the padding path is in the graph); the graph accepts any size",
+        help="image size the ONNX graph is traced at, not both sides multiples of the backbone's stride (default: one "
+        "that needs internal padding, e.g. 69x103 for a stride-32 backbone, so the padding path is in the graph); the "
+        "graph accepts any size",
     )
     parser.add_argument(
         "--teacher",

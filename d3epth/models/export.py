@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from d3epth import __version__
+from d3epth.errors import ConfigError
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.fusion import fuse_conv_bn
 from d3epth.models.student import DepthStudent, architecture_arguments
@@ -365,7 +366,11 @@ def export_student_onnx(
         directory: the exported student directory (must already hold ``config.json``).
         opset: ONNX opset.
         size: ``(H, W)`` the graph is traced at; default ``(2m + 5, 3m + 7)`` for the model's size multiple ``m``,
-            a size that needs internal padding, so the padding path is in the graph.
+            a size that needs internal padding, so the padding path is in the graph. A size with both sides multiples
+            of ``m`` is refused: its trace leaves the padding out, and the graph fails at every other size.
+
+    Raises:
+        ConfigError: such a size.
 
     Returns:
         The file, the traced size, the check sizes and the parity result. The check runs at sizes other than the
@@ -379,12 +384,22 @@ def export_student_onnx(
     directory = Path(directory)
     multiple = model.size_multiple
     size = (int(size[0]), int(size[1])) if size else (2 * multiple + 5, 3 * multiple + 7)
+    if multiple > 1 and size[0] % multiple == 0 and size[1] % multiple == 0:
+        raise ConfigError(
+            f"ONNX trace size {size[0]}x{size[1]}: both sides are multiples of the student's size multiple {multiple}, "
+            "so the traced graph would leave out the padding every other size needs; trace at a size that is not "
+            f"(the default {2 * multiple + 5}x{3 * multiple + 7})"
+        )
     path = directory / ONNX_FILE
     fused = copy.deepcopy(model).eval()
     pairs = fuse_conv_bn(fused)
-    export_onnx(fused, path, size, opset)
     check_sizes = [(1, 2 * multiple, 3 * multiple), (2, multiple + 3, 2 * multiple + 11)]
-    diff, tolerance = check_onnx(model.eval(), path, check_sizes)
+    try:
+        export_onnx(fused, path, size, opset)
+        diff, tolerance = check_onnx(model.eval(), path, check_sizes)
+    except BaseException:
+        path.unlink(missing_ok=True)  # never leave a graph behind that was not checked
+        raise
     config_path = directory / CONFIG_FILE
     config = json.loads(config_path.read_text())
     config["onnx"] = {

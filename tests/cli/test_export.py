@@ -12,6 +12,7 @@ import torch
 from diffusers import MarigoldDepthPipeline
 
 from d3epth.models import DiffusionDepthTeacher
+from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.export import load_student
 from d3epth.tasks import PixelRefinementTask
 from tests.helpers.checkpoints import save_task, student, tiny_task
@@ -137,3 +138,20 @@ def test_missing_onnx_extra_is_explained(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     assert export.main([str(stage2[1]), "--out", str(tmp_path / "o"), "--onnx"]) == 2
     assert "pip install -e '.[onnx]'" in capsys.readouterr().err
+
+
+def test_onnx_trace_size_of_stride_multiples_is_refused_and_leaves_no_graph(
+    tmp_path: Path, stage2: tuple[PixelRefinementTask, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Traced at a size needing no padding, the graph would fail at every other size: one line, no model.onnx."""
+    pytest.importorskip("onnxruntime")
+    multiple = StudentDepthModel(stage2[0].student).size_multiple
+    out = tmp_path / "o"
+    args = [str(stage2[1]), "--out", str(out), "--onnx", "--onnx-size", str(2 * multiple), str(3 * multiple)]
+    assert export.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ONNX trace size") and "multiples of the student's size multiple" in err
+    assert "\n" not in err and not (out / "model.onnx").exists()
+    # One side off the multiple keeps the padding in the graph: accepted and checked at other sizes.
+    assert export.main([*args[:-2], str(2 * multiple), str(3 * multiple + 1), "--overwrite"]) == 0
+    assert (out / "model.onnx").is_file()
