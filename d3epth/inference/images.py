@@ -231,16 +231,26 @@ def same_size_batches(
 
 
 def normalise(depth: torch.Tensor, lo: float | None = None, hi: float | None = None) -> np.ndarray:
-    """Min-max normalise a depth map ``[H,W]`` to [0, 1] (float32); a constant map becomes 0.
+    """Min-max normalise a depth map ``[H,W]`` to [0, 1] (float32); a constant map becomes 0, a NaN / Inf pixel 0.
 
-    ``lo`` / ``hi`` default to the map's own minimum and maximum (given: the range of the whole map this is a strip
-    of).
+    ``lo`` / ``hi`` default to the minimum and maximum of the map's finite pixels (given: the range of the whole map
+    this is a strip of), so that one non-finite pixel does not blank the whole map.
     """
     depth = depth.float()
-    lo = float(depth.min()) if lo is None else lo
-    hi = float(depth.max()) if hi is None else hi
+    if lo is None or hi is None:
+        low, high = finite_range(depth)
+        lo, hi = (low if lo is None else lo), (high if hi is None else hi)
     scaled = (depth - lo) / (hi - lo) if hi > lo else torch.zeros_like(depth)
-    return scaled.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+    scaled = torch.where(torch.isfinite(depth), scaled.clamp(0.0, 1.0), 0.0)
+    return scaled.cpu().numpy().astype(np.float32)
+
+
+def finite_range(depth: torch.Tensor) -> tuple[float, float]:
+    """``(min, max)`` over the finite values of ``depth``; ``(inf, -inf)`` when there are none."""
+    finite = depth[torch.isfinite(depth)]
+    if finite.numel() == 0:
+        return math.inf, -math.inf
+    return float(finite.min()), float(finite.max())
 
 
 def to_uint16(depth01: np.ndarray) -> np.ndarray:
@@ -275,7 +285,8 @@ def write_outputs(
         (out / folder / file).parent.mkdir(parents=True, exist_ok=True)
     lo, hi = math.inf, -math.inf
     for _, strip in _resized_strips(depth, size):
-        lo, hi = min(lo, float(strip.min())), max(hi, float(strip.max()))
+        low, high = finite_range(strip)
+        lo, hi = min(lo, low), max(hi, high)
     height, width = size
     bw = Image.new("I;16", (width, height))
     colored = Image.new("RGB", (width, height)) if color else None

@@ -44,6 +44,18 @@ def test_exif_rotation_is_applied_before_sizing(tmp_path: Path) -> None:
     assert decoded.size == (200, 100) and tuple(decoded.image.shape) == (3, 32, 16)
 
 
+def test_a_non_finite_pixel_is_written_as_zero_and_the_rest_normalised(tmp_path: Path) -> None:
+    """One NaN (e.g. an fp16 overflow) must not blank the map: the finite pixels keep their min-max scaling."""
+    depth = torch.linspace(1.0, 3.0, 20).reshape(4, 5)
+    depth[1, 2], depth[3, 4] = float("nan"), float("inf")
+    write_outputs(tmp_path, "n", depth, npy=True, color=False, color_map="Spectral")
+    written = np.load(tmp_path / "depth_npy" / "n_pred.npy")
+    finite = torch.isfinite(depth).numpy()
+    low, high = float(depth[0, 0]), float(depth[3, 3])  # the finite extremes
+    np.testing.assert_allclose(written[finite], (depth.numpy()[finite] - low) / (high - low), atol=1e-6)
+    assert written[1, 2] == 0.0 and written[3, 4] == 0.0 and written.max() == 1.0
+
+
 def test_outputs_are_the_whole_map_resized_then_normalised(tmp_path: Path) -> None:
     """Written strip by strip, the outputs equal resizing the whole prediction at once, then min-max normalising."""
     depth = torch.rand(7, 5, generator=torch.Generator().manual_seed(0))
