@@ -219,7 +219,16 @@ def main(argv: list[str]) -> int:
             depth = predictor.predict(batch, processing_resolution=0).float()
             for index, item, prediction in zip(indices, decoded, depth, strict=True):
                 name = images[index].name
-                write_outputs(out, name, prediction[0], args.npy, not args.no_color, args.color_map, item.size)
+                write_outputs(
+                    out,
+                    name,
+                    prediction[0],
+                    args.npy,
+                    not args.no_color,
+                    args.color_map,
+                    item.size,
+                    antialias=predictor.output_antialias,
+                )
                 if sparse_files is not None:
                     space = predictor.kind if args.align_space == "auto" else args.align_space
                     _write_metric(out, name, prediction[0], item.size, sparse_files[index], args, space)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from numpy.lib.format import open_memmap
 from PIL import Image, ImageOps
@@ -266,6 +267,7 @@ def write_outputs(
     color: bool,
     color_map: str,
     size: tuple[int, int] | None = None,
+    antialias: bool = True,
 ) -> None:
     """Write the 16-bit PNG, the colourised PNG and (optionally) the .npy of one prediction ``[h,w]`` at ``size``.
 
@@ -273,7 +275,8 @@ def write_outputs(
     :func:`~d3epth.inference.sizing.resize_bilinear` and min-max normalised over the whole resized map, as if it had
     been resized at once; but when only enlarging it is resized, normalised and written :data:`ROWS_PER_STRIP` rows at
     a time (twice: once for the range, once to write), so no full-size float map is ever held — only the uint16 and
-    RGB images being encoded (and the ``.npy``, written through a memory map).
+    RGB images being encoded (and the ``.npy``, written through a memory map). ``antialias=False`` shrinks without
+    antialiasing, as Marigold's pipeline resizes its predictions back (``DepthPredictor.output_antialias``).
     """
     size = tuple(depth.shape[-2:]) if size is None else (int(size[0]), int(size[1]))
     targets = {"depth_bw": f"{name}_pred.png"}
@@ -284,14 +287,14 @@ def write_outputs(
     for folder, file in targets.items():
         (out / folder / file).parent.mkdir(parents=True, exist_ok=True)
     lo, hi = math.inf, -math.inf
-    for _, strip in _resized_strips(depth, size):
+    for _, strip in _resized_strips(depth, size, antialias):
         low, high = finite_range(strip)
         lo, hi = min(lo, low), max(hi, high)
     height, width = size
     bw = Image.new("I;16", (width, height))
     colored = Image.new("RGB", (width, height)) if color else None
     array = open_memmap(out / "depth_npy" / targets["depth_npy"], "w+", np.float32, size) if npy else None
-    for top, strip in _resized_strips(depth, size):
+    for top, strip in _resized_strips(depth, size, antialias):
         depth01 = normalise(strip, lo, hi)
         # diffusers' export_depth_to_16bit_png does the same (× 65535) but fails on Pillow >= 13 ("Invalid mode for
         # data type"); a uint16 array becomes an "I;16" image by itself.
@@ -309,7 +312,9 @@ def write_outputs(
         del array  # closes the memory map
 
 
-def _resized_strips(depth: torch.Tensor, size: tuple[int, int]) -> Iterator[tuple[int, torch.Tensor]]:
+def _resized_strips(
+    depth: torch.Tensor, size: tuple[int, int], antialias: bool = True
+) -> Iterator[tuple[int, torch.Tensor]]:
     """``(top row, rows [n,W])`` of ``depth`` ``[h,w]`` resized to ``size`` = ``(H, W)``, top to bottom.
 
     Enlarging (``H >= h`` and ``W >= w``) is bilinear with half-pixel centres, computed strip by strip exactly as
@@ -319,7 +324,11 @@ def _resized_strips(depth: torch.Tensor, size: tuple[int, int]) -> Iterator[tupl
     depth = depth.detach().float().cpu()
     (h, w), (height, width) = depth.shape[-2:], size
     if height < h or width < w or (height, width) == (h, w):
-        yield 0, resize_bilinear(depth[None, None], size)[0, 0]
+        whole = depth[None, None]
+        if antialias:
+            yield 0, resize_bilinear(whole, size)[0, 0]
+        else:
+            yield 0, F.interpolate(whole, size=size, mode="bilinear", align_corners=False)[0, 0]
         return
     for top in range(0, height, ROWS_PER_STRIP):
         rows = torch.arange(top, min(top + ROWS_PER_STRIP, height), dtype=torch.float32)

@@ -79,9 +79,12 @@ class DepthPredictor(nn.Module):
         source: the path the model was loaded from.
         processing_resolution: default longer side to process at; ``None`` or 0 = the input resolution.
         size_multiple: sizes that are multiples of this need no internal padding.
+        output_antialias: whether a prediction made larger than its image is shrunk back with antialiasing
+            (:func:`~d3epth.inference.sizing.resize_bilinear`); ``tools/predict.py`` resizes its outputs alike.
     """
 
     kind: str = "depth"
+    output_antialias: bool = True
 
     def __init__(
         self, name: str, source: str = "", processing_resolution: int | None = None, size_multiple: int = 1
@@ -159,7 +162,8 @@ class TeacherDepthPredictor(DepthPredictor):
     """A diffusion depth model (Marigold / E2E-FT / a trained ``TeacherTask``) through ``predict_depth``.
 
     Resizing is the teacher's own (Marigold's: longer edge = processing resolution, antialiased, replicate-padded to a
-    multiple of 8, resized back), so results match ``MarigoldDepthPipeline``.
+    multiple of 8, resized back without antialiasing, its ``is_aa=False``), so results match
+    ``MarigoldDepthPipeline``.
 
     Args:
         teacher: the diffusion model.
@@ -194,6 +198,8 @@ class TeacherDepthPredictor(DepthPredictor):
         self.batch_size = batch_size
         #: autocast dtype of the UNet / VAE calls (float32: none); set by ``accelerate_predictor``.
         self.autocast_dtype = torch.float32
+
+    output_antialias = False  # Marigold's pipeline resizes its prediction back with is_aa=False
 
     def size_rule(self, resolution: int | None) -> SizeRule | None:
         """Marigold's sizing (:func:`max_edge_size`): the teacher pads to its multiple itself."""

@@ -212,3 +212,17 @@ def _recording_forward(seen: list[torch.dtype]):
         return original(self, image)
 
     return forward
+
+
+def test_teacher_outputs_are_resized_back_as_marigolds_pipeline(tmp_path: Path, tiny_marigold_dir: Path) -> None:
+    """A teacher run above the image's size: the CLI's written depth equals the library predictor's (Marigold's
+    non-antialiased resize back), not an antialiased shrink."""
+    rgb = np.asarray(Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)))
+    Image.fromarray(rgb).save(tmp_path / "small.png")
+    args = [str(tmp_path / "small.png"), "-m", str(tiny_marigold_dir), "-o", str(tmp_path / "out"), "--npy"]
+    assert run([*args, "--processing-resolution", "64", "--precision", "fp32"]) == 0
+    written = np.load(tmp_path / "out" / "depth_npy" / "small_pred.npy")
+    predictor = load_predictor(tiny_marigold_dir)
+    depth = predictor.predict(as_input(rgb), processing_resolution=64)[0, 0]
+    expected = ((depth - depth.min()) / (depth.max() - depth.min())).numpy()
+    assert np.abs(written - expected).max() < 1e-3
