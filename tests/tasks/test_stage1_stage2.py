@@ -31,8 +31,8 @@ def datamodule_factory(tmp_path_factory: pytest.TempPathFactory):
     return make
 
 
-def trainer(tmp_path: Path, steps: int = 2):
-    return quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=1)
+def trainer(tmp_path: Path, steps: int = 2, **kwargs: object):
+    return quiet_trainer(tmp_path, max_steps=steps, limit_val_batches=1, **kwargs)
 
 
 def test_stage1_teacher_frozen_and_out_of_checkpoint(tmp_path: Path, datamodule_factory) -> None:
@@ -203,3 +203,18 @@ def test_light_head_first_fitted_to_the_vae_decoder_output(datamodule_factory) -
     loss.backward()
     assert all(p.grad is None for p in task.student.latent_head.parameters())  # the VAE target is detached
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.student.depth_head.parameters())
+
+
+def test_gradient_clipping_trains_under_bf16_mixed_precision(tmp_path: Path, datamodule_factory) -> None:
+    """The paper configs' combination (bf16-mixed + gradient_clip_val): Lightning refuses clipping with a fused Adam."""
+    task = PixelRefinementTask(student={**STUDENT, "heads": ["depth"]}, warmup_steps=1, lr=1e-3)
+    fit = trainer(tmp_path, precision="bf16-mixed", gradient_clip_val=1e-3)
+    before = [p.detach().clone() for p in task.student.parameters()]
+    fit.fit(task, datamodule=datamodule_factory())
+    assert fit.global_step == 2
+    assert not fit.optimizers[0].defaults["fused"]  # the foreach implementation
+    assert any(not torch.equal(a, b) for a, b in zip(before, task.student.parameters(), strict=True))
+    # Without clipping the fused implementation stays.
+    unclipped = trainer(tmp_path / "fused")
+    unclipped.fit(PixelRefinementTask(student={**STUDENT, "heads": ["depth"]}, warmup_steps=1), datamodule_factory())
+    assert unclipped.optimizers[0].defaults["fused"]
