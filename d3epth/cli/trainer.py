@@ -305,7 +305,14 @@ def fit(argv: list[str]) -> L.Trainer:
     if trainer.is_global_zero:
         (log_dir / COMPLETED_MARKER).unlink(missing_ok=True)  # a continued run is unfinished until it finishes
     try:
-        trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+        try:
+            trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
+        except SystemExit:
+            # After a Ctrl-C Lightning shuts down gracefully (last.ckpt is written) and then calls sys.exit(1):
+            # report it as the interruption it was (one line, status 130), not as a silent failure.
+            if trainer.interrupted:
+                raise KeyboardInterrupt from None
+            raise
         if trainer.interrupted:
             raise KeyboardInterrupt
     except BaseException:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -40,6 +42,17 @@ class StopAt(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             raise DataError(f"simulated unreadable file at step {self.step}")
+
+
+class CtrlCAt(L.Callback):
+    """Sends this process a real SIGINT (Ctrl-C) when training reaches step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.fixture
@@ -178,3 +191,21 @@ def test_print_config_is_complete_and_resolved(tiny_config: Path, tmp_path: Path
     assert "use_distributed_sampler: false" in out  # merged from configs/base.yaml
     assert "split_file: null" in out and "edge_sigma_image" not in out  # dataset defaults; no loss given: none shown
     assert "decoder_channels: 16" in out and "depth_activation: none" in out  # the student group, defaults included
+
+
+def test_ctrl_c_exits_130_in_one_line_and_keeps_its_checkpoint(
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Lightning shuts down after a Ctrl-C with sys.exit(1); the tool reports the interruption (status 130)."""
+    user = tmp_path / "ctrl_c.yaml"
+    user.write_text(f"trainer:\n  callbacks: [{{class_path: {__name__}.CtrlCAt, init_args: {{step: 2}}}}]\n")
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        assert fit.main(["--config", str(tiny_config), "--config", str(user), "--trainer.max_steps=4"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores further Ctrl-Cs while it shuts down
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: interrupted; a training run continues with --resume last"
+    run = tmp_path / "logs" / "tiny" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert not (run / COMPLETED_MARKER).exists()
