@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -266,13 +266,18 @@ class D3epthCLI(LightningCLI):
         logger = TensorBoardLogger(name=str(cfg.run_name), version=self.version, **dict(cfg.logger))
         callbacks: list[Callback] = list(cfg.trainer.get("callbacks") or [])
         callbacks += [LastCheckpoint(cfg.last_checkpoint_every_n_steps), SaveRunConfig(self.resolved_config_yaml())]
-        if cfg.trainer.get("enable_model_summary") is not False:
+        # A user's own summary or progress bar replaces d3epth's, as Lightning's defaults are replaced.
+        if cfg.trainer.get("enable_model_summary") is not False and not _has(callbacks, ModelSummary):
             callbacks.append(ParameterSummary())
-        if cfg.trainer.get("enable_progress_bar") is not False:
+        if cfg.trainer.get("enable_progress_bar") is not False and not _has(callbacks, ProgressBar):
             callbacks.append(StepProgressBar())
         if cfg.checkpoint.get("monitor"):
             callbacks.append(ModelCheckpoint(**dict(cfg.checkpoint)))
         return super().instantiate_trainer(logger=logger, callbacks=callbacks, **kwargs)
+
+
+def _has(callbacks: list[Callback], kind: type) -> bool:
+    return any(isinstance(callback, kind) for callback in callbacks)
 
 
 def build_cli(argv: list[str], prog: str = "tools/fit.py", parse_only: bool = False) -> D3epthCLI:

@@ -209,3 +209,24 @@ def test_ctrl_c_exits_130_in_one_line_and_keeps_its_checkpoint(
     run = tmp_path / "logs" / "tiny" / "version_0"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     assert not (run / COMPLETED_MARKER).exists()
+
+
+def test_a_users_progress_bar_and_summary_replace_d3epths(tiny_config: Path) -> None:
+    """As with Lightning's defaults: one progress bar and one summary, the user's (was: "multiple progress bars")."""
+    from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
+
+    from d3epth.cli.console import ParameterSummary, StepProgressBar
+    from d3epth.cli.trainer import build_cli
+
+    bar = "{class_path: lightning.pytorch.callbacks.TQDMProgressBar, init_args: {refresh_rate: 5}}"
+    summary = "{class_path: lightning.pytorch.callbacks.ModelSummary, init_args: {max_depth: 1}}"
+    shown = ["--trainer.enable_progress_bar=true", "--trainer.enable_model_summary=true"]  # fit_tiny turns them off
+    args = ["--config", str(tiny_config), "--trainer.max_steps=1", *shown]
+    callbacks = build_cli([*args, f"--trainer.callbacks=[{bar}, {summary}]"]).trainer.callbacks
+    bars = [c for c in callbacks if isinstance(c, ProgressBar)]
+    summaries = [c for c in callbacks if isinstance(c, ModelSummary)]
+    assert len(bars) == len(summaries) == 1
+    assert type(bars[0]) is TQDMProgressBar and bars[0].refresh_rate == 5 and type(summaries[0]) is ModelSummary
+    ours = build_cli(args).trainer.callbacks  # without the user's: d3epth's own
+    assert [type(c) for c in ours if isinstance(c, ProgressBar | ModelSummary)] == [ParameterSummary, StepProgressBar]
+    assert fit.main([*args, f"--trainer.callbacks=[{bar}, {summary}]"]) == 0
