@@ -281,9 +281,12 @@ class DepthTask(L.LightningModule):
         optimizer = optimizer_cls(
             groups, lr=self.hparams.lr, fused=fast and not clipping, foreach=(fast and clipping) or None
         )
-        total = self.hparams.decay_steps or self.trainer.max_steps
-        if total is None or total <= 0:
-            raise ValueError("set trainer.max_steps or model.init_args.decay_steps: the LR schedule needs a length")
+        total = self.hparams.decay_steps
+        if not total:
+            if self.trainer.max_steps is None or self.trainer.max_steps <= 0:
+                raise ValueError("set trainer.max_steps or model.init_args.decay_steps: the LR schedule needs a length")
+            # The optimiser steps training will take: max_steps, or fewer when max_epochs ends training first.
+            total = int(self.trainer.estimated_stepping_batches)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda step: iter_exponential(step, total, self.hparams.warmup_steps, self.hparams.final_lr_ratio),

@@ -218,3 +218,13 @@ def test_gradient_clipping_trains_under_bf16_mixed_precision(tmp_path: Path, dat
     unclipped = trainer(tmp_path / "fused")
     unclipped.fit(PixelRefinementTask(student={**STUDENT, "heads": ["depth"]}, warmup_steps=1), datamodule_factory())
     assert unclipped.optimizers[0].defaults["fused"]
+
+
+def test_lr_schedule_ends_when_max_epochs_ends_training(tmp_path: Path, datamodule_factory) -> None:
+    """max_steps 1000 but one epoch: the decay is sized to the steps that epoch takes, so the LR reaches its end."""
+    task = PixelRefinementTask(student={**STUDENT, "heads": ["depth"]}, warmup_steps=1, lr=1e-3, final_lr_ratio=0.01)
+    fit = quiet_trainer(tmp_path, max_steps=1000, max_epochs=1, limit_val_batches=0)
+    fit.fit(task, datamodule=datamodule_factory())
+    steps = fit.global_step
+    assert 1 < steps < 1000
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 0.01 * task.hparams.backbone_lr_scale)
