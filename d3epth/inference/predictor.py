@@ -170,8 +170,8 @@ class TeacherDepthPredictor(DepthPredictor):
         num_steps: DDIM steps (1 = E2E-FT / Marigold v1-1 single step at t = 999).
         ensemble_size: predictions per image, combined by Marigold's affine-aligned median (needs Gaussian noise).
         processing_resolution: default longer edge; ``None`` / 0 = native.
-        seed: seed of the initial noise when ``ensemble_size > 1`` (reseeded per call, so results do not depend on
-            batching order).
+        seed: seed of the initial noise when ``ensemble_size > 1``, reseeded for every image, so an image's depth
+            does not depend on the batch or its position in it.
         batch_size: UNet / VAE batch size inside one call (default: all at once).
     """
 
@@ -212,19 +212,24 @@ class TeacherDepthPredictor(DepthPredictor):
             raise ValueError(f"{self.name}: images must be [B, 3, H, W] in [-1, 1], got shape {tuple(image.shape)}")
         resolution = self.processing_resolution if processing_resolution is None else processing_resolution
         gaussian = self.ensemble_size > 1
-        generator = torch.Generator("cpu").manual_seed(self.seed) if gaussian else None
+        # With an ensemble, each image draws its members' noise from its own generator seeded with ``seed``, so its
+        # depth does not depend on the batch it came in (one noise tensor for the batch would differ by position).
+        images = image.to(self.device).split(1) if gaussian else [image.to(self.device)]
         low = self.autocast_dtype != torch.float32
+        depths = []
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=low):
-            prediction = self.teacher.predict_depth(
-                image.to(self.device),
-                num_steps=self.num_steps,
-                ensemble_size=self.ensemble_size,
-                processing_resolution=resolution or None,
-                batch_size=self.batch_size,
-                generator=generator,
-                init_noise="gaussian" if gaussian else "zeros",
-            )
-        return prediction.depth.float()
+            for chunk in images:
+                prediction = self.teacher.predict_depth(
+                    chunk,
+                    num_steps=self.num_steps,
+                    ensemble_size=self.ensemble_size,
+                    processing_resolution=resolution or None,
+                    batch_size=self.batch_size,
+                    generator=torch.Generator("cpu").manual_seed(self.seed) if gaussian else None,
+                    init_noise="gaussian" if gaussian else "zeros",
+                )
+                depths.append(prediction.depth.float())
+        return torch.cat(depths)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

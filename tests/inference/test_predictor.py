@@ -184,6 +184,13 @@ def test_ensemble_is_seeded(tiny_marigold_dir: Path) -> None:
     c = predictor.predict(image)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
+    # An image's depth does not depend on its batch: alone, first or second of two, beside a copy of itself.
+    predictor.seed = 3
+    other = rand_image(1, 16, 16, seed=9)
+    pair = predictor.predict(torch.cat([other, image]))
+    twins = predictor.predict(torch.cat([image, image]))
+    for depth in (pair[1:], twins[:1], twins[1:]):
+        torch.testing.assert_close(depth, a, rtol=0, atol=1e-6)
 
 
 def test_moved_teacher_source_is_named_and_can_be_overridden(
