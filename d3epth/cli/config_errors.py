@@ -123,10 +123,14 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
     # The deepest branch is the one that got furthest (a TeacherSpec mapping, not the str alternative beside it).
     path, classes, leaf, index = max(leaves, key=lambda item: len(item[0]) + len(item[1]))
     klass = classes[-1] if classes else None
+    choices: list[str] = []  # the literal values a union allows, for a suggestion
     if re.fullmatch(r"Expected a [^.]+", leaf):  # a union's alternatives all failed: name them and the value
         subtypes = next((t for _, t in reversed(lines[:index]) if t.startswith("Subtypes:")), "")
         given = next((t for _, t in lines[index:] if t.startswith("Given value:")), "Given value: ?")
         names = [n for n in re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", subtypes) if n != "NoneType"]
+        literals = [v.strip() for group in re.findall(r"typing\.Literal\[(.*?)\]", subtypes) for v in group.split(",")]
+        choices = [v.strip("'") for v in literals]
+        names += [f"one of {', '.join(dict.fromkeys(literals))}"] if literals else []
         leaf = f"Expected a {' or '.join(names) or leaf[11:]}. Got value: {given.split(': ', 1)[1]}"
 
     if match := re.match(r"Option '([^']+)' is not accepted|Group '([^']+)' does not accept option '([^']+)'", leaf):
@@ -142,7 +146,7 @@ def explain(message: str, sources: Sequence[ConfigSource], top_level_keys: Seque
         expected = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", match.group(1))
         expected = re.sub(r"typing\.Literal\[(.*)\]", r"one of \1", expected)
         source, key = _where(sources, path, match.group(2))
-        return f"{source}: {key}: expected {expected}, got {match.group(2)!r}"
+        return f"{source}: {key}: expected {expected}, got {match.group(2)!r}{_closest(match.group(2), choices)}"
     if match := re.match(r"Import path (\S+) does not correspond to a subclass of (\S+)", leaf):
         source, key = _where(sources, [*path, "class_path"], match.group(1))
         return (

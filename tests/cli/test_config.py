@@ -215,6 +215,16 @@ def test_every_config_error_is_one_exact_line(case: str, tmp_path: Path) -> None
     assert str(info.value) == expected.replace("{tmp}", str(tmp_path))
 
 
+def test_a_literal_choice_lists_the_values_and_suggests_the_closest() -> None:
+    """trainer.precision is a union of Literals: the message names them (was 'expected int'), and the nearest."""
+    with pytest.raises(ConfigError) as info:
+        build_cli(["--config", TINY, "--trainer.precision=bf17"], parse_only=True)
+    message = str(info.value)
+    assert message.startswith("command line: trainer.precision: expected one of ")
+    assert "'bf16-mixed'" in message and "'32-true'" in message and "expected int" not in message
+    assert message.endswith("got 'bf17'; did you mean 'bf16'?") and "\n" not in message
+
+
 def test_tools_print_one_line_and_touch_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Through tools/fit.py: exit status 2, one line on stderr, no run directory; --debug shows the traceback."""
     target = tmp_path / "victim.safetensors"
