@@ -458,6 +458,8 @@ class DepthTask(L.LightningModule):
         """
         if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
             return
+        if self.trainer.sanity_checking:  # Lightning logs no scalars then either: a panel would have no step of its own
+            return
         n = min(self.hparams.num_logged_images, batch["image"].shape[0])
         columns = {"prediction": pred[:n], **{k: v[:n] for k, v in (extra or {}).items()}}
         panel = depth_error_panel(
