@@ -231,6 +231,9 @@ class D3epthCLI(LightningCLI):
         for key in RESERVED_TRAINER_KEYS:
             if self.config.trainer.get(key) is not None:
                 raise ConfigError(f"trainer.{key} is set by tools/fit.py; configure logger.* / checkpoint.* instead")
+        mode = self.config.checkpoint.get("mode")
+        if mode not in ("min", "max"):  # ModelCheckpoint's own check comes only once the trainer is built
+            raise ConfigError(f"checkpoint.mode: expected 'min' or 'max', got {mode!r}")
         if self.config.run_name is None:
             self.config.run_name = self.default_run_name
         self.ckpt_path, self.version = resolve_resume(self.run_dir, self.config.resume)

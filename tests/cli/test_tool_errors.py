@@ -59,6 +59,7 @@ CASES = {
         ["--config", "{fit}", "--model.init_args.lr=-1"],
         "model.init_args.lr: must be > 0, got -1.0",
     ),
+    "fit: checkpoint option": ("fit", ["--config", "{fit}", "--checkpoint.mode=mn"], "checkpoint.mode: expected 'min'"),
     "fit: data value": (
         "fit",
         ["--config", "{fit}", "--data.init_args.batch_size=0"],
