@@ -8,12 +8,14 @@ run on a 2-core machine): ``pytest -m slow tests/cli/test_ddp_fit.py``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -82,3 +84,36 @@ def test_two_process_ddp_trains_disjoint_batches_and_validates_like_one_process(
     predictor = load_predictor(str(ckpt), device="cpu")
     single = evaluate(predictor.predict, {"hypersim": HypersimDataset(root, split="val")}, progress=False)
     assert single["hypersim"]["abs_rel"] == pytest.approx(logged, rel=1e-4)
+
+
+def test_two_process_autoencoder_validates_when_one_rank_has_no_valid_depth(tmp_path: Path) -> None:
+    """Rank 1's only validation frame has no valid depth: its reconstruction-MAE meter has no update, yet it must join
+    the metric sync (a rank skipping the collective left the other waiting in it)."""
+    from tests.helpers.data import write_png16
+
+    root = tmp_path / "hypersim"
+    write_hypersim(root, counts={"train": 8, "val": 2}, size=(32, 32))
+    second = HypersimDataset(root, split="val").entries[1]["depth"]  # ShardSampler: frame 1 goes to rank 1
+    write_png16(second, np.zeros((32, 32), np.uint16))
+    sets = (
+        f"train: {{hypersim: {{class_path: d3epth.data.HypersimDataset, init_args: {{root: {root}, split: train}}}}}}, "
+        f"val: {{hypersim: {{class_path: d3epth.data.HypersimDataset, init_args: {{root: {root}, split: val}}}}}}"
+    )
+    config = tmp_path / "ae.yaml"
+    config.write_text(
+        f"base: {REPO / 'configs' / 'base.yaml'}\nrun_name: ae_ddp\n"
+        "model: {class_path: d3epth.tasks.AutoencoderTask, init_args: {block_out_channels: [8, 8, 8, 8], "
+        "lr: 1.0e-3, warmup_steps: 1}}\n"
+        f"data: {{class_path: d3epth.data.DepthDataModule, init_args: {{{sets}, batch_size: 2, val_batch_size: 1, "
+        "num_workers: 0}}\n"
+        "trainer: {max_steps: 2, val_check_interval: 2, enable_progress_bar: false, enable_model_summary: false}\n"
+        f"logger: {{save_dir: {tmp_path / 'logs'}}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(REPO / "tools" / "fit.py"), "--config", str(config)]
+    command += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = list((tmp_path / "logs" / "ae_ddp").glob("version_*"))
+    logged = EventAccumulator(str(run)).Reload().Scalars("val/hypersim/depth_recon_mae")
+    assert len(logged) == 1 and math.isfinite(logged[0].value)  # rank 0's frame, synchronised with rank 1's none
