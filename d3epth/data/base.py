@@ -107,6 +107,23 @@ def read_uint16_png(path: DataPath) -> np.ndarray:
     return arr
 
 
+def load_npy(path: DataPath, what: str) -> np.ndarray:
+    """Load a ``.npy`` array (never unpickling) from a folder or an archive member, as saved by ``np.save``.
+
+    Raises:
+        FileNotFoundError: missing file (``<path>: file not found``).
+        DataError: not a readable ``.npy`` file (the message names ``what`` it was read as).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        return np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(
+            f"{path}: unreadable {what} .npy file ({err}); expected a numpy array saved by np.save"
+        ) from err
+
+
 def image_from_uint8(rgb: np.ndarray) -> Tensor:
     """An 8-bit image uint8 [H,W,3] as the sample's ``image``: float32 [3,H,W] in [-1, 1] (``v / 127.5 - 1``)."""
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(127.5).sub_(1.0)

@@ -16,13 +16,12 @@ which the ``diode`` evaluation preset does. Evaluation: preset ``diode``, predic
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-from d3epth.data.base import BenchmarkDepthDataset, read_rgb
+from d3epth.data.base import BenchmarkDepthDataset, load_npy, read_rgb
 from d3epth.data.storage import DataPath
 from d3epth.errors import DataError
 
@@ -35,20 +34,13 @@ SPLIT_FILES: dict[str, str] = {
 
 
 def read_npy(path: DataPath, what: str) -> np.ndarray:
-    """Load a ``.npy`` raster (no pickles) with the trailing singleton channel squeezed: [H,W].
+    """Load a ``.npy`` raster (:func:`~d3epth.data.base.load_npy`) with the trailing singleton channel squeezed: [H,W].
 
     Raises:
         FileNotFoundError: missing file (``<path>: file not found``).
         DataError: not a readable ``.npy`` file, or not one raster of shape [H,W] / [H,W,1].
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise DataError(
-            f"{path}: unreadable {what} .npy file ({err}); expected a numpy array saved by np.save"
-        ) from err
+    array = load_npy(path, what)
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:

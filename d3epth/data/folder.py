@@ -18,7 +18,6 @@ Valid pixels: ``min_depth < depth < max_depth`` (strict), finite, and the mask w
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, ClassVar
@@ -27,7 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from d3epth.data.base import MAX_REPORTED, UINT16_MODES, BaseDepthDataset, _open_checked, read_rgb, read_uint16_png
+from d3epth.data.base import (
+    MAX_REPORTED,
+    UINT16_MODES,
+    BaseDepthDataset,
+    _open_checked,
+    load_npy,
+    read_rgb,
+    read_uint16_png,
+)
 from d3epth.data.storage import DataPath, data_root
 from d3epth.data.transforms import Transform
 from d3epth.errors import DataError, MissingFileError
@@ -38,12 +45,6 @@ RGB_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".web
 DEPTH_SUFFIXES: frozenset[str] = frozenset({".png", ".npy", ".tif", ".tiff"})
 #: Suffixes read as masks.
 MASK_SUFFIXES: frozenset[str] = frozenset({".png", ".bmp", ".tif", ".tiff", ".npy"})
-
-
-def _load_npy(path: DataPath) -> np.ndarray:
-    """``numpy.load`` of a folder file or an archive member (never unpickling)."""
-    source = path if isinstance(path, Path) else io.BytesIO(path.read_bytes())
-    return np.load(source, allow_pickle=False)
 
 
 def read_depth_file(path: DataPath, depth_scale: float) -> np.ndarray:
@@ -60,10 +61,7 @@ def read_depth_file(path: DataPath, depth_scale: float) -> np.ndarray:
     if suffix == ".png":
         depth = read_uint16_png(path).astype(np.float32) / np.float32(depth_scale)
     elif suffix == ".npy":
-        try:
-            array = _load_npy(path)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: unreadable .npy file ({err})") from err
+        array = load_npy(path, "depth")
         if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]):
             array = array.reshape(array.shape[1:] if array.shape[0] == 1 else array.shape[:-1])
         if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
@@ -83,11 +81,7 @@ def read_depth_file(path: DataPath, depth_scale: float) -> np.ndarray:
 def read_mask_file(path: DataPath) -> np.ndarray:
     """A validity mask, bool [H,W]: non-zero pixels of an image or ``.npy`` array are valid."""
     if path.suffix.lower() == ".npy":
-        try:
-            array = _load_npy(path)
-        except (OSError, ValueError) as err:
-            raise DataError(f"{path}: unreadable .npy mask ({err})") from err
-        return np.squeeze(array) != 0
+        return np.squeeze(load_npy(path, "mask")) != 0
     return np.asarray(_open_checked(path).convert("L")) > 0
 
 
