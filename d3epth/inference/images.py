@@ -25,7 +25,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers.pipelines.marigold.marigold_image_processing import MarigoldImageProcessor
 from numpy.lib.format import open_memmap
 from PIL import Image, ImageOps
@@ -324,11 +323,7 @@ def _resized_strips(
     depth = depth.detach().float().cpu()
     (h, w), (height, width) = depth.shape[-2:], size
     if height < h or width < w or (height, width) == (h, w):
-        whole = depth[None, None]
-        if antialias:
-            yield 0, resize_bilinear(whole, size)[0, 0]
-        else:
-            yield 0, F.interpolate(whole, size=size, mode="bilinear", align_corners=False)[0, 0]
+        yield 0, resize_bilinear(depth[None, None], size, antialias)[0, 0]
         return
     for top in range(0, height, ROWS_PER_STRIP):
         rows = torch.arange(top, min(top + ROWS_PER_STRIP, height), dtype=torch.float32)

@@ -84,7 +84,7 @@ class DepthPredictor(nn.Module):
     """
 
     kind: str = "depth"
-    output_antialias: bool = True
+    output_antialias: bool = True  # TeacherDepthPredictor: False, as Marigold's pipeline (is_aa=False)
 
     def __init__(
         self, name: str, source: str = "", processing_resolution: int | None = None, size_multiple: int = 1
@@ -175,6 +175,8 @@ class TeacherDepthPredictor(DepthPredictor):
         batch_size: UNet / VAE batch size inside one call (default: all at once).
     """
 
+    output_antialias = False  # Marigold's pipeline resizes its prediction back with is_aa=False
+
     def __init__(
         self,
         teacher: DiffusionDepthTeacher,
@@ -198,8 +200,6 @@ class TeacherDepthPredictor(DepthPredictor):
         self.batch_size = batch_size
         #: autocast dtype of the UNet / VAE calls (float32: none); set by ``accelerate_predictor``.
         self.autocast_dtype = torch.float32
-
-    output_antialias = False  # Marigold's pipeline resizes its prediction back with is_aa=False
 
     def size_rule(self, resolution: int | None) -> SizeRule | None:
         """Marigold's sizing (:func:`max_edge_size`): the teacher pads to its multiple itself."""

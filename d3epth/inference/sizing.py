@@ -46,14 +46,15 @@ def max_edge_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     return max(1, height * resolution // longer), max(1, width * resolution // longer)
 
 
-def resize_bilinear(image: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_bilinear(image: Tensor, size: tuple[int, int], antialias: bool = True) -> Tensor:
     """Resize ``[B,C,h,w]`` to ``size`` = ``(H, W)``: bilinear, half-pixel centres, antialiased when a side shrinks.
 
     The one resampling rule of inference, for images going in and predictions coming out; the same size returns
-    ``image`` itself.
+    ``image`` itself. ``antialias=False`` never antialiases (Marigold's pipeline resizes its predictions back so,
+    ``is_aa=False``).
     """
     size = (int(size[0]), int(size[1]))
     if tuple(image.shape[-2:]) == size:
         return image
     shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=antialias and shrink)
