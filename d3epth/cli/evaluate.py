@@ -127,16 +127,6 @@ def benchmark_datasets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     return datasets, presets
 
 
-def preset_processing_resolution(preset: str) -> int | None:
-    """The processing resolution of the preset called ``preset`` (a set with no preset: ``None``, the model's)."""
-    from d3epth.metrics import get_benchmark
-
-    try:
-        return get_benchmark(preset).processing_resolution
-    except ValueError:
-        return None
-
-
 @one_line_errors
 def main(argv: list[str]) -> int:
     """Evaluate every model on every benchmark, print the table and write JSON + CSV. Returns the exit code."""
@@ -145,6 +135,7 @@ def main(argv: list[str]) -> int:
 
     from d3epth.inference import evaluate, format_table, load_predictor
     from d3epth.inference.acceleration import accelerate_predictor
+    from d3epth.metrics import find_benchmark
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     datasets, presets = benchmark_datasets(args)
@@ -155,8 +146,9 @@ def main(argv: list[str]) -> int:
         alignment = predictor.kind if args.alignment == "auto" else args.alignment
         for name, dataset in datasets.items():
             resolution = args.processing_resolution
-            if resolution is None:
-                resolution = preset_processing_resolution(presets.get(name, name))
+            if resolution is None:  # the preset's (a set named like no benchmark: the model's own)
+                preset = find_benchmark(presets.get(name, name))
+                resolution = preset.processing_resolution if preset else None
             results = evaluate(
                 functools.partial(predictor.predict, processing_resolution=resolution),
                 {name: dataset},

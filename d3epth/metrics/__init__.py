@@ -16,6 +16,7 @@ from d3epth.metrics.benchmarks import (
     EvalCrop,
     crop_mask,
     evaluation_mask,
+    find_benchmark,
     get_benchmark,
     get_crop,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "benchmark_metrics",
     "crop_mask",
     "evaluation_mask",
+    "find_benchmark",
     "fit_scale_shift",
     "get_benchmark",
     "get_crop",

@@ -48,6 +48,7 @@ __all__ = [
     "EvalCrop",
     "crop_mask",
     "evaluation_mask",
+    "find_benchmark",
     "get_benchmark",
     "get_crop",
 ]
@@ -146,6 +147,18 @@ def get_benchmark(name: str | Benchmark) -> Benchmark:
     if isinstance(name, Benchmark):
         return name
     return _lookup(name, BENCHMARKS, "benchmark", _ALIASES)  # type: ignore[return-value]
+
+
+def find_benchmark(name: str) -> Benchmark | None:
+    """The preset called ``name`` (as :func:`get_benchmark`), or ``None`` for a name that is no preset.
+
+    A set of one's own, named like no benchmark, is scored with range-only defaults and predicted at the model's
+    resolution.
+    """
+    try:
+        return get_benchmark(name)
+    except ValueError:
+        return None
 
 
 def evaluation_mask(

@@ -48,7 +48,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.utilities import rank_zero_warn
 
 from d3epth.metrics.align import ALIGNMENT_SPACES, align, as_depth_batch
-from d3epth.metrics.benchmarks import Benchmark, EvalCrop, evaluation_mask, get_benchmark, get_crop
+from d3epth.metrics.benchmarks import Benchmark, EvalCrop, evaluation_mask, find_benchmark, get_benchmark, get_crop
 
 __all__ = [
     "METRIC_CLASSES",
@@ -424,9 +424,5 @@ def benchmark_metrics(set_name: str, alignment: str, benchmark: str | None = Non
     Uses the preset ``benchmark`` if given (an unknown one is an error), else the preset named like the set (``nyu``,
     ``kitti``, ``hypersim``, ...) if there is one, else range-only defaults.
     """
-    try:
-        return DepthMetrics(benchmark=benchmark or set_name, alignment=alignment)
-    except ValueError:
-        if benchmark is not None:
-            raise
-        return DepthMetrics(benchmark=None, alignment=alignment)
+    preset = get_benchmark(benchmark) if benchmark else find_benchmark(set_name)
+    return DepthMetrics(benchmark=preset, alignment=alignment)
