@@ -276,11 +276,12 @@ class PixelRefinementTask(DepthTask):
             self.log_dict({f"train/pseudo_loss_{k}": v.detach() for k, v in pseudo.items()}, batch_size=batch_size)
             self.log("train/pseudo_loss", sum(pseudo.values()).detach(), batch_size=batch_size)
             weight = self.hparams.pseudo_label_weight
-            terms = {k: terms[k] + weight * v if k in terms else weight * v for k, v in pseudo.items()}
+            terms = {k: terms.get(k, 0.0) + weight * v for k, v in pseudo.items()}
         # One weighting call per step on the summed terms: its regulariser, history or gradient norms see one objective.
         loss, parts = self.loss.weigh(terms, shared_parameters=shared)
         self.log_dict(
-            {f"train/{k}": v for k, v in parts.items() if not k.startswith("loss_") or k == "loss_gradnorm"},
+            # the terms are logged above, per target; here the weights and GradNorm's auxiliary loss
+            {f"train/{k}": v for k, v in parts.items() if k.startswith("weight_") or k == "loss_gradnorm"},
             batch_size=batch_size,
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
