@@ -35,6 +35,7 @@ from d3epth.utils.allocator import reuse_freed_memory
 
 __all__ = [
     "PRECISIONS",
+    "FrozenCompiledModel",
     "InferenceModel",
     "accelerate_predictor",
     "bf16_supported",
@@ -92,8 +93,7 @@ class InferenceModel(nn.Module):
         super().__init__()
         self.model = model
         self.dtype = dtype
-        # A compiled module hides the attributes of the one it wraps; read them before (getattr: plain modules too).
-        self.size_multiple = int(getattr(getattr(model, "_orig_mod", model), "size_multiple", 1))
+        self.size_multiple = int(getattr(model, "size_multiple", 1))
 
     def forward(self, image: Tensor) -> Tensor:
         """Depth for RGB images.
@@ -109,6 +109,35 @@ class InferenceModel(nn.Module):
     def extra_repr(self) -> str:
         """Show the precision in ``print(model)``."""
         return f"dtype={self.dtype}"
+
+
+class FrozenCompiledModel(nn.Module):
+    """``torch.compile(dynamic=True)`` of a network with Inductor's freezing: its weights folded in as constants.
+
+    Freezing lets Inductor pre-pack the convolution weights for oneDNN and fuse the element-wise operations after a
+    convolution into it (GELU, the residual addition: ``mkldnn._convolution_pointwise`` post-ops). Dynamo decides
+    whether the parameters become constants of the graph or inputs to it *when it traces*, from the global
+    ``torch._inductor.config.freezing`` (``torch._dynamo.utils.is_parameter_freezing``), while the ``options`` of
+    ``torch.compile`` reach only the Inductor backend after the trace: ``options={"freezing": True}`` alone leaves the
+    weights as inputs, and Inductor emits ATen's convolutions and separate element-wise kernels (torch 2.14,
+    ``tests/inference/test_acceleration.py``). So every call, and with it every trace and recompile, runs with the
+    flag set, which stays unchanged for the rest of the process. Freezing applies under ``torch.no_grad`` /
+    ``inference_mode`` (the predictors' own); the weights must not change afterwards.
+
+    Args:
+        model: the prepared network, image ``[B,3,H,W]`` → depth ``[B,1,H,W]``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.size_multiple = int(getattr(model, "size_multiple", 1))
+        # dynamic: one graph for every image size, so a new size does not recompile.
+        self.compiled = torch.compile(model, dynamic=True)
+
+    def forward(self, image: Tensor) -> Tensor:
+        """The compiled network's output for ``image``, traced (on a first call or a new guard) with freezing on."""
+        with torch._inductor.config.patch(freezing=True):
+            return self.compiled(image)
 
 
 def prepare_for_inference(
@@ -134,14 +163,11 @@ def prepare_for_inference(
         channels_last: store 4-D weights as channels_last (the activations follow, :class:`InferenceModel`).
         cpu_layers: with ``channels_last`` on the CPU, swap in the forms of GELU and of channel-multiplier depthwise
             convolutions that are faster on channels_last activations
-            (:func:`~d3epth.models.cpu_layers.use_fast_cpu_layers`; same function, same parameters).
-        compile: wrap the network in ``torch.compile(dynamic=True)`` with Inductor's ``freezing``: one graph for
-            every input size, so a new image size does not recompile; the weights are folded in as constants, and
-            Inductor fuses the element-wise ops between the convolutions (fastvit_t8/w128 at 480x640, bf16: on 2
-            Xeon cores, before the head folded its upsamplings, 53.7 ms vs 62.4 without freezing and 71.4 eager; on
-            2 EPYC cores, with the folded head, within the noise of eager: 43.1 vs 42.3 ms and 48.5 vs 54.3 in two
-            runs). The weights must not change afterwards; the first call pays the compilation (tens of seconds on a
-            CPU).
+            (:func:`~d3epth.models.cpu_layers.use_fast_cpu_layers`; same function, same parameters). With ``compile``
+            only the convolutions: Inductor fuses ATen's GELU into the convolution before it.
+        compile: wrap the network in a :class:`FrozenCompiledModel` (``torch.compile(dynamic=True)`` with Inductor's
+            freezing, the weights folded in, element-wise operations fused into the convolutions). The first call pays
+            the compilation (tens of seconds on a CPU); the README's "Inference speed" has the measurements.
 
     Returns:
         The :class:`InferenceModel`, in eval mode.
@@ -154,10 +180,10 @@ def prepare_for_inference(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         if cpu_layers and device.type == "cpu":
-            use_fast_cpu_layers(model)
+            use_fast_cpu_layers(model, gelu=not compile)
     model = model.to(dtype)
     if compile:
-        model = torch.compile(model, dynamic=True, options={"freezing": True})
+        model = FrozenCompiledModel(model)
     return InferenceModel(model, dtype).eval()
 
 

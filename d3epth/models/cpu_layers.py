@@ -101,17 +101,22 @@ def _with_parameters_of(conv: nn.Conv2d) -> ChannelMultiplierConv2d:
     return fast
 
 
-def use_fast_cpu_layers(model: nn.Module) -> int:
+def use_fast_cpu_layers(model: nn.Module, gelu: bool = True) -> int:
     """Swap the two layers' CPU inference forms into ``model``, in place; returns how many modules were swapped.
 
-    Every ``nn.GELU`` becomes an :class:`NHWCGELU`, every ``nn.Conv2d`` that is a depthwise convolution with a channel
-    multiplier a :class:`ChannelMultiplierConv2d`. Only modules of exactly these types are swapped (subclasses may
-    compute something else); the new modules share the old ones' parameters.
+    Every ``nn.GELU`` becomes an :class:`NHWCGELU` (unless ``gelu=False``), every ``nn.Conv2d`` that is a depthwise
+    convolution with a channel multiplier a :class:`ChannelMultiplierConv2d`. Only modules of exactly these types are
+    swapped (subclasses may compute something else); the new modules share the old ones' parameters.
+
+    Args:
+        model: the network, changed in place.
+        gelu: swap the GELUs too. A model for ``torch.compile`` keeps ATen's: Inductor fuses a GELU into the
+            convolution before it (a oneDNN post-op), which :class:`NHWCGELU`'s permutes prevent.
     """
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.GELU:
+            if type(child) is nn.GELU and gelu:
                 setattr(parent, name, NHWCGELU(approximate=child.approximate))
             elif type(child) is nn.Conv2d and _has_channel_multiplier(child):
                 setattr(parent, name, _with_parameters_of(child))

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch._inductor.utils import run_and_get_code
 
 from d3epth.inference import acceleration, load_predictor
 from d3epth.inference.acceleration import accelerate_predictor, prepare_for_inference, resolve_precision
+from d3epth.models.cpu_layers import ChannelMultiplierConv2d
 from d3epth.models.depth_model import StudentDepthModel
 from d3epth.models.export import load_student, save_student
 from d3epth.models.fusion import has_batch_norm
@@ -103,12 +106,38 @@ def test_exported_student_round_trip_loads_and_matches_in_inference_form(tmp_pat
     torch.testing.assert_close(predictor.predict(image), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_compile_uses_dynamic_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One graph for every image size (a new size must not recompile), weights frozen into it; not compiled here."""
+def test_compile_uses_dynamic_shapes_and_keeps_aten_gelu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One graph for every image size (a new size must not recompile); not compiled here.
+
+    ATen's GELU stays (Inductor fuses it into the convolution before it); the channel-multiplier convolution is
+    still swapped for its fast CPU form.
+    """
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
-    model = prepare_for_inference(tiny_model(), "fp32", compile=True)
-    assert calls == [{"dynamic": True, "options": {"freezing": True}}] and model.size_multiple == 32
+    network = nn.Sequential(nn.Conv2d(3, 6, 3, groups=3), nn.GELU())
+    network.size_multiple = 32
+    model = prepare_for_inference(network, "fp32", compile=True)
+    assert calls == [{"dynamic": True}] and model.size_multiple == 32
+    assert type(network[1]) is nn.GELU and isinstance(network[0], ChannelMultiplierConv2d)
+
+
+def test_compiled_model_freezes_weights_into_fused_onednn_convolutions() -> None:
+    """The real compile: a conv + BatchNorm + GELU becomes one oneDNN convolution with a GELU post-op.
+
+    ``torch.compile(options={"freezing": True})`` alone traced the weights as graph inputs: Inductor then emitted a
+    plain ATen convolution and a separate GELU kernel. The process-wide flag is left as it was.
+    """
+    network = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(), nn.Conv2d(8, 1, 1)).eval()
+    image = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = network(image)
+        model = prepare_for_inference(network, "fp32", compile=True)
+        output, code = run_and_get_code(model, image)
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+    source = "\n".join(code)
+    assert "mkldnn._convolution_pointwise" in source and "'gelu'" in source
+    assert "extern_kernels.convolution" not in source
+    assert torch._inductor.config.freezing is False
 
 
 @pytest.mark.slow
