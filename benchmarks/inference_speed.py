@@ -11,7 +11,7 @@ Prints, in one process with the same threads:
     ONNX Runtime (fp32 only: its CPU provider has no bf16 convolutions), the eager arms once more with the head's
     upsampled maps materialised (:func:`materialise_upsampling`) and once more with ATen's GELU and grouped
     convolutions (``prepare_for_inference(..., cpu_layers=False)``, :mod:`d3epth.models.cpu_layers`), and the bf16
-    arm on a batch (``--batch``, per image: throughput), the arms alternated round by round, in a
+    eager and compiled arms on a batch (``--batch``, per image: throughput), the arms alternated round by round, in a
     process that keeps freed memory for reuse as the tools do (:func:`~d3epth.utils.allocator.reuse_freed_memory`;
     the "before" arm shares it, so "vs before" leaves out that setting's gain); the achieved FLOP/s (FLOPs of the
     unfused network; fusing ``fastvit_t8``'s re-parameterisable blocks removes 0.3 % of them) and its share of
@@ -94,9 +94,10 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
         arms[f"  same, upsampled maps materialised ({precision})"] = lambda m=two_step: m(image)
         aten = prepare_for_inference(copy.deepcopy(model), precision, cpu_layers=False)
         arms[f"  same, ATen GELU + grouped convs ({precision})"] = lambda m=aten: m(image)
-    if args.batch > 1:  # throughput (predict --batch-size, evaluate's batches): timed per call, reported per image
+    # Throughput (predict --batch-size, evaluate's batches): timed per call, reported per image.
+    batch = image.expand(args.batch, -1, -1, -1).contiguous()
+    if args.batch > 1:
         name = f"eager bf16 fused channels_last, batch {args.batch}"
-        batch = image.expand(args.batch, -1, -1, -1).contiguous()
         arms[name] = lambda m=eager: m(batch)  # the bf16 model of the loop's last pass
         args.images_per_call[name] = args.batch
     # bf16 by autocast (weights re-cast at every call) instead of a converted model: why the tools convert.
@@ -117,6 +118,10 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
             args.setup[f"compile {precision}"] = {"first_call_s": first, "first_call_at_new_size_s": new_size}
             print(f"torch.compile {precision}: first call {first:.1f} s, first call at a new size {new_size:.1f} s")
             arms[f"compile {precision} fused channels_last"] = lambda m=compiled: m(image)
+            if precision == "bf16" and args.batch > 1:  # a batch of 1 is specialised: the warm-up recompiles once
+                name = f"compile bf16 fused channels_last, batch {args.batch}"
+                arms[name] = lambda m=compiled: m(batch)
+                args.images_per_call[name] = args.batch
     if not args.no_ort:
         arms["onnxruntime fp32 fused"] = _ort_arm(model, image, args)
     return arms

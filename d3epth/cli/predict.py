@@ -34,9 +34,10 @@ run unless ``--skip-errors``, which warns and goes on), 2 for bad arguments, mis
 Reading and writing live in :mod:`d3epth.inference.images`; this tool parses arguments, runs the loop and reports.
 
 Speed: students run in their inference form (:mod:`d3epth.inference.acceleration`): BatchNorms folded into their
-convolutions, channels_last, and by default (``--precision auto``) bf16 autocast where the CPU (AVX512-BF16 / AMX) or
+convolutions, channels_last, and by default (``--precision auto``) bf16 weights where the CPU (AVX512-BF16 / AMX) or
 GPU supports bf16 natively, else fp32. Eager PyTorch is the default; ``--compile`` (``torch.compile``, dynamic
-shapes) is an option (see the README, "Inference speed", for the measurements behind both choices).
+shapes, frozen weights, element-wise operations fused into the convolutions) is faster per image but pays its
+compilation on the first one (see the README, "Inference speed", for the measurements behind both choices).
 """
 
 from __future__ import annotations
