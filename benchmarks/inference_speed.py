@@ -111,9 +111,11 @@ def build_arms(model: nn.Module, size: tuple[int, int], args: argparse.Namespace
     if not args.no_compile:
         for precision in ("fp32", "bf16"):
             compiled = prepare_for_inference(copy.deepcopy(model), precision, compile=True)
+            # Made outside inference_mode like `image`: an inference tensor fails Dynamo's dispatch-key guard and
+            # recompiles at any size (an fp32 input reaches the graph uncast).
+            other = torch.rand(1, 3, size[0] - 2 * args.multiple, size[1] - args.multiple) * 2 - 1
             with torch.inference_mode():
                 first = _seconds(lambda m=compiled: m(image))
-                other = torch.rand(1, 3, size[0] - 2 * args.multiple, size[1] - args.multiple) * 2 - 1
                 new_size = _seconds(lambda m=compiled, x=other: m(x))
             args.setup[f"compile {precision}"] = {"first_call_s": first, "first_call_at_new_size_s": new_size}
             print(f"torch.compile {precision}: first call {first:.1f} s, first call at a new size {new_size:.1f} s")
