@@ -350,13 +350,14 @@ class DepthDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         loaders = []
         for name, dataset in sets.items():
-            if len(dataset) < world:  # type: ignore[arg-type]
+            size = len(dataset)  # type: ignore[arg-type]
+            if size < world:
                 # A process without a batch skips the evaluation loop, and the others wait for it in the metric sync.
                 raise ConfigError(
-                    f"DepthDataModule: evaluation set {name} has {len(dataset)} sample(s) for {world} processes; "  # type: ignore[arg-type]
+                    f"DepthDataModule: evaluation set {name} has {size} sample(s) for {world} processes; "
                     "each process needs at least one: add samples or run on fewer devices"
                 )
-            sampler = ShardSampler(len(dataset), rank, world) if world > 1 else None  # type: ignore[arg-type]
+            sampler = ShardSampler(size, rank, world) if world > 1 else None
             loaders.append(
                 DataLoader(
                     dataset,

@@ -84,7 +84,7 @@ class DepthPredictor(nn.Module):
     """
 
     kind: str = "depth"
-    output_antialias: bool = True  # TeacherDepthPredictor: False, as Marigold's pipeline (is_aa=False)
+    output_antialias: bool = True
 
     def __init__(
         self, name: str, source: str = "", processing_resolution: int | None = None, size_multiple: int = 1
